@@ -1,0 +1,677 @@
+"""Everything that touches CrypTen: the torch-2.x shim, the CSPRNG dealer, the 2PC phases.
+
+Parties
+-------
+Rank 0 is server A, rank 1 is server B and rank 2 is the dealer (CrypTen's "TTP").
+The three processes meet over torch.distributed/gloo (``env://`` rendezvous hosted
+by server A). One :class:`MpcSession` per server process is initialised once and
+reused for every round; the dealer process runs :func:`run_dealer` until told to stop.
+
+Why a custom dealer
+-------------------
+CrypTen's stock TTP derives each party's mask stream from torch's Mersenne Twister
+seeded with 64 bits. 312 consecutive outputs of that generator predict all later ones,
+and in the Gram opening ``E = X - R`` server A plus one colluding worker (who knows its
+own row of ``X``) learns hundreds of thousands of consecutive outputs of B's stream,
+so A could unmask every honest worker. Here every mask stream is AES-256-CTR
+(:class:`secagg.prg.AesCtrStream`) keyed with 256 fresh bits from ``secrets`` that the
+dealer sends to each party once. The TFP provider (party 0 generates all triples) is
+never used.
+
+Trust boundary for deserialisation
+----------------------------------
+No byte received from another party is unpickled by secagg. Dealer requests are
+fixed-layout int64 headers, responses are raw int64 tensors, and every 2PC message is
+a tensor moved by torch.distributed. CrypTen's own ``send_obj``/``recv_obj`` (which
+use CrypTen's restricted unpickler) are not called on any path secagg runs: we
+replace the TTP request channel and the shutdown message that would use them.
+
+Fixed-point arithmetic and error
+--------------------------------
+Inputs are CrypTen fixed point (16 fractional bits) in Z_2^64. The Gram matrix and
+the distances are computed *exactly* on the encoded integers (scale 2^32, no
+truncation): the revealed matrix equals ``||x~_i - x~_j||^2`` of the rounded vectors
+bit for bit, provided the headroom condition ``4 L^2 2^32 < 2^63`` holds
+(:func:`secagg.encoding.check_headroom`). The only error against real arithmetic is
+the encoding's rounding of each coordinate (at most 2^-17 / scale). The revealed sum
+and Bulyan's window sum are exact integer sums of encoded coordinates as well: the
+secure comparisons are exact and every multiplication is by a 0/1 bit at scale 1,
+which needs no truncation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import sys
+import time
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from secagg.prg import KEY_BYTES, AesCtrStream, fresh_key
+
+log = logging.getLogger("secagg.mpc")
+
+RANK_A = 0
+RANK_B = 1
+RANK_DEALER = 2
+WORLD_SIZE = 2  # computing parties; the dealer is rank WORLD_SIZE
+FRAC_BITS = 16
+
+
+# --------------------------------------------------------------------------- shim
+def _install_torch_shim() -> None:
+    """Let ``import crypten`` work on torch >= 2.9.
+
+    CrypTen 0.4.1 imports ``torch.onnx._internal.registration``, which moved to
+    ``torch.onnx._internal.torchscript_exporter.registration``. We alias the old name
+    (a stub registry as a fallback: secagg never converts ONNX models).
+    """
+    name = "torch.onnx._internal.registration"
+    if name in sys.modules:
+        return
+    try:
+        import importlib
+
+        importlib.import_module(name)
+        return
+    except ImportError:
+        pass
+    try:
+        from torch.onnx._internal.torchscript_exporter import registration as moved
+
+        sys.modules[name] = moved
+    except ImportError:
+        stub = types.ModuleType(name)
+        stub.registry = None  # type: ignore[attr-defined]
+        sys.modules[name] = stub
+
+
+_install_torch_shim()
+
+import crypten  # noqa: E402
+import crypten.communicator as comm  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from crypten.common.util import count_wraps  # noqa: E402
+from crypten.mpc import MPCTensor  # noqa: E402
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
+from crypten.mpc.provider.ttp_provider import TrustedThirdParty  # noqa: E402
+
+
+class MpcError(RuntimeError):
+    """A 2PC step failed (peer or dealer gone, timeout, bad request)."""
+
+
+# ------------------------------------------------------------ dealer wire format
+# Requests from party 0 to the dealer are a fixed int64 header, never a pickle.
+_HDR = 16
+_F_TERMINATE, _F_ADDITIVE, _F_SQUARE, _F_BINARY, _F_WRAPS, _F_B2A, _F_GRAM = range(7)
+_OPS = ("mul", "matmul")
+_MAX_DIMS = 4
+# The dealer refuses absurd sizes instead of trying to allocate them.
+MAX_DEALER_ELEMENTS = 1 << 31
+
+
+def _put_size(hdr: torch.Tensor, at: int, size: Sequence[int]) -> None:
+    if len(size) > _MAX_DIMS:
+        raise MpcError(f"tensors of more than {_MAX_DIMS} dimensions are not supported")
+    hdr[at] = len(size)
+    for k, s in enumerate(size):
+        hdr[at + 1 + k] = int(s)
+
+
+def _get_size(hdr: torch.Tensor, at: int) -> tuple[int, ...]:
+    nd = int(hdr[at])
+    if not 0 <= nd <= _MAX_DIMS:
+        raise MpcError(f"bad dealer request: {nd} dimensions")
+    size = tuple(int(v) for v in hdr[at + 1 : at + 1 + nd])
+    if any(s < 0 for s in size) or int(np.prod(size, dtype=np.int64)) > MAX_DEALER_ELEMENTS:
+        raise MpcError(f"bad dealer request: size {size}")
+    return size
+
+
+def _ring(stream: AesCtrStream, size: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(stream.ring(tuple(size)))
+
+
+def _bits(stream: AesCtrStream, size: Sequence[int], bitlength: int) -> torch.Tensor:
+    return torch.from_numpy(stream.bits(tuple(size), bitlength))
+
+
+def _op_size(op: str, size0: Sequence[int], size1: Sequence[int]) -> torch.Size:
+    # shape inference on the meta device: no memory, no arithmetic
+    a = torch.empty(tuple(size0), device="meta", dtype=torch.long)
+    b = torch.empty(tuple(size1), device="meta", dtype=torch.long)
+    return getattr(torch, op)(a, b).size()
+
+
+# ----------------------------------------------------------------- party side
+@dataclass
+class Traffic:
+    """Bytes and rounds this party moved, by phase (what the report shows)."""
+
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    rounds: dict[str, int] = field(default_factory=dict)
+    dealer_bytes: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {
+            "bytes_sent": dict(self.bytes_sent),
+            "rounds": dict(self.rounds),
+            "dealer_bytes": dict(self.dealer_bytes),
+            "seconds": dict(self.seconds),
+        }
+
+
+class _CsprngClient:
+    """Party end of the dealer channel: a key-seeded AES-CTR stream per party."""
+
+    def __init__(self, rank: int, ttp_group: object, timeout_s: float) -> None:
+        self.rank = rank
+        self.ttp_group = ttp_group
+        key_t = torch.empty(KEY_BYTES // 8, dtype=torch.long)
+        dist.recv(key_t, src=RANK_DEALER, group=ttp_group)
+        self.stream = AesCtrStream(key_t.numpy().astype("<i8").tobytes())
+        self.dealer_bytes = 0
+
+    def request(self, hdr: torch.Tensor, result_size: Sequence[int]) -> torch.Tensor:
+        if self.rank != RANK_A:
+            raise MpcError("only party 0 talks to the dealer")
+        dist.send(hdr, dst=RANK_DEALER, group=self.ttp_group)
+        out = torch.empty(tuple(result_size), dtype=torch.long)
+        dist.recv(out, src=RANK_DEALER, group=self.ttp_group)
+        self.dealer_bytes += hdr.numel() * 8 + out.numel() * 8
+        return out
+
+
+_CLIENT: _CsprngClient | None = None
+
+
+def _client() -> _CsprngClient:
+    if _CLIENT is None:
+        raise MpcError("the MPC session is not started")
+    return _CLIENT
+
+
+class CsprngTTP(TrustedThirdParty):
+    """CrypTen's TTP provider with AES-CTR mask streams and a Gram-pair request.
+
+    Party ``r`` draws its share of every mask from its own stream; the dealer, which
+    holds every stream key, reconstructs the masks and sends party 0 the one share
+    that makes the correlation hold (``c = a*b``, ``r2 = r^2``, ``Z = R R^T``...).
+    Draw order per stream is identical on both ends, which keeps them in lockstep.
+    """
+
+    NAME = "TTP"
+
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):  # type: ignore[override]
+        if op not in _OPS or args or kwargs:
+            raise MpcError(f"secagg's dealer supports only {_OPS} triples, not {op}")
+        cl = _client()
+        a = _ring(cl.stream, size0)
+        b = _ring(cl.stream, size1)
+        c_size = _op_size(op, size0, size1)
+        if cl.rank == RANK_A:
+            hdr = torch.zeros(_HDR, dtype=torch.long)
+            hdr[0] = _F_ADDITIVE
+            hdr[1] = _OPS.index(op)
+            _put_size(hdr, 2, size0)
+            _put_size(hdr, 7, size1)
+            c = cl.request(hdr, c_size)
+        else:
+            c = _ring(cl.stream, c_size)
+        return (
+            ArithmeticSharedTensor.from_shares(a, precision=0),
+            ArithmeticSharedTensor.from_shares(b, precision=0),
+            ArithmeticSharedTensor.from_shares(c, precision=0),
+        )
+
+    def _pair(self, fid: int, size, make_r):  # noqa: ANN001
+        cl = _client()
+        r = make_r(cl.stream, size)
+        if cl.rank == RANK_A:
+            hdr = torch.zeros(_HDR, dtype=torch.long)
+            hdr[0] = fid
+            _put_size(hdr, 2, size)
+            other = cl.request(hdr, size)
+        else:
+            other = _ring(cl.stream, size)
+        return r, other
+
+    def square(self, size, device=None):  # type: ignore[override]
+        r, r2 = self._pair(_F_SQUARE, tuple(size), _ring)
+        return (
+            ArithmeticSharedTensor.from_shares(r, precision=0),
+            ArithmeticSharedTensor.from_shares(r2, precision=0),
+        )
+
+    def generate_binary_triple(self, size0, size1, device=None):  # type: ignore[override]
+        cl = _client()
+        a = _ring(cl.stream, size0)
+        b = _ring(cl.stream, size1)
+        c_size = torch.broadcast_shapes(tuple(size0), tuple(size1))
+        if cl.rank == RANK_A:
+            hdr = torch.zeros(_HDR, dtype=torch.long)
+            hdr[0] = _F_BINARY
+            _put_size(hdr, 2, size0)
+            _put_size(hdr, 7, size1)
+            c = cl.request(hdr, c_size)
+        else:
+            c = _ring(cl.stream, c_size)
+        return (
+            BinarySharedTensor.from_shares(a),
+            BinarySharedTensor.from_shares(b),
+            BinarySharedTensor.from_shares(c),
+        )
+
+    def wrap_rng(self, size, device=None):  # type: ignore[override]
+        r, theta = self._pair(_F_WRAPS, tuple(size), _ring)
+        return (
+            ArithmeticSharedTensor.from_shares(r, precision=0),
+            ArithmeticSharedTensor.from_shares(theta, precision=0),
+        )
+
+    def B2A_rng(self, size, device=None):  # type: ignore[override]
+        rb, ra = self._pair(_F_B2A, tuple(size), lambda s, z: _bits(s, z, 1))
+        return (
+            ArithmeticSharedTensor.from_shares(ra, precision=0),
+            BinarySharedTensor.from_shares(rb),
+        )
+
+    def gram_pair(self, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This party's shares of a uniform ``R`` (n×d) and of ``Z = R R^T``.
+
+        ``Z``'s shares are both exactly symmetric (party 1's is ``U + U^T``), so every
+        matrix derived from them is symmetric too and exact ties break identically
+        for ``D[i, j]`` and ``D[j, i]``.
+        """
+        cl = _client()
+        r = _ring(cl.stream, (n, d))
+        if cl.rank == RANK_A:
+            hdr = torch.zeros(_HDR, dtype=torch.long)
+            hdr[0] = _F_GRAM
+            hdr[1] = n
+            hdr[2] = d
+            z = cl.request(hdr, (n, n))
+        else:
+            u = _ring(cl.stream, (n, n))
+            z = u + u.t()
+        return r, z
+
+    @staticmethod
+    def _init() -> None:  # CrypTen's init hook; the session does this itself
+        return None
+
+    @staticmethod
+    def uninit() -> None:
+        return None
+
+
+def _register_provider() -> None:
+    # ``crypten.mpc`` keys providers by name in a module global; we overwrite "TTP"
+    # so that every CrypTen protocol that asks for triples gets the CSPRNG dealer.
+    providers = vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
+    providers["TTP"] = CsprngTTP()
+    # TFP would let party 0 generate every triple (and so see everything): remove it.
+    providers.pop("TFP", None)
+    crypten.cfg.mpc.provider = "TTP"
+
+
+# ------------------------------------------------------------------- dealer
+class _Dealer:
+    def __init__(self, ttp_group: object) -> None:
+        self.ttp_group = ttp_group
+        keys = [fresh_key() for _ in range(WORLD_SIZE)]
+        self.streams = [AesCtrStream(k) for k in keys]
+        for rank, key in enumerate(keys):
+            t = torch.from_numpy(np.frombuffer(key, dtype="<i8").astype(np.int64))
+            dist.send(t, dst=rank, group=ttp_group)
+        self.requests = 0
+        self.bytes_sent = WORLD_SIZE * KEY_BYTES
+
+    def _sum(self, size: Sequence[int]) -> torch.Tensor:
+        out = _ring(self.streams[0], size)
+        for s in self.streams[1:]:
+            out += _ring(s, size)
+        return out
+
+    def _others(self, size: Sequence[int]) -> torch.Tensor:
+        # the shares of parties 1.. (party 0's share is what the dealer sends)
+        out = _ring(self.streams[1], size)
+        for s in self.streams[2:]:
+            out += _ring(s, size)
+        return out
+
+    def _xor(self, size: Sequence[int], bitlength: int = 64) -> torch.Tensor:
+        out = _bits(self.streams[0], size, bitlength)
+        for s in self.streams[1:]:
+            out ^= _bits(s, size, bitlength)
+        return out
+
+    def handle(self, hdr: torch.Tensor) -> torch.Tensor | None:
+        fid = int(hdr[0])
+        if fid == _F_TERMINATE:
+            return None
+        if fid == _F_ADDITIVE:
+            op_id = int(hdr[1])
+            if not 0 <= op_id < len(_OPS):
+                raise MpcError(f"bad dealer request: op {op_id}")
+            s0, s1 = _get_size(hdr, 2), _get_size(hdr, 7)
+            a, b = self._sum(s0), self._sum(s1)
+            c = getattr(torch, _OPS[op_id])(a, b)
+            return c - self._others(c.size())
+        if fid == _F_SQUARE:
+            size = _get_size(hdr, 2)
+            r = self._sum(size)
+            return r * r - self._others(size)
+        if fid == _F_BINARY:
+            s0, s1 = _get_size(hdr, 2), _get_size(hdr, 7)
+            a = _ring(self.streams[0], s0) ^ _ring(self.streams[1], s0)
+            b = _ring(self.streams[0], s1) ^ _ring(self.streams[1], s1)
+            c = a & b
+            return c ^ _ring(self.streams[1], c.size())
+        if fid == _F_WRAPS:
+            size = _get_size(hdr, 2)
+            r = [_ring(s, size) for s in self.streams]
+            return count_wraps(r) - self._others(size)
+        if fid == _F_B2A:
+            size = _get_size(hdr, 2)
+            rb = self._xor(size, bitlength=1)
+            return rb - self._others(size)
+        if fid == _F_GRAM:
+            n, d = int(hdr[1]), int(hdr[2])
+            if n < 1 or d < 1 or n * d > MAX_DEALER_ELEMENTS:
+                raise MpcError(f"bad dealer request: gram {n}x{d}")
+            r = self._sum((n, d))
+            z = r @ r.t()
+            del r
+            u = _ring(self.streams[1], (n, n))
+            return z - (u + u.t())
+        raise MpcError(f"bad dealer request: function {fid}")
+
+    def serve(self) -> None:
+        hdr = torch.empty(_HDR, dtype=torch.long)
+        while True:
+            dist.recv(hdr, src=RANK_A, group=self.ttp_group)
+            result = self.handle(hdr)
+            if result is None:
+                log.info("dealer: terminate received after %d requests", self.requests)
+                return
+            self.requests += 1
+            self.bytes_sent += result.numel() * 8
+            dist.send(result.contiguous(), dst=RANK_A, group=self.ttp_group)
+
+
+# --------------------------------------------------------------- session setup
+@dataclass(frozen=True)
+class MpcEndpoint:
+    """Where the three parties meet: server A hosts the rendezvous store."""
+
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    timeout_s: float = 120.0
+
+
+def _set_env(rank: int, ep: MpcEndpoint) -> None:
+    os.environ.update(
+        {
+            "DISTRIBUTED_BACKEND": "gloo",
+            "RENDEZVOUS": "env://",
+            "MASTER_ADDR": ep.master_addr,
+            "MASTER_PORT": str(ep.master_port),
+            "WORLD_SIZE": str(WORLD_SIZE),
+            "RANK": str(rank),
+            # gloo binds its extra ports on the rendezvous address's interface
+            "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+        }
+    )
+    # gloo would wait 30 minutes for a stalled peer; fail after the configured timeout
+    # (CrypTen passes no timeout, so the module default is what applies).
+    dist.distributed_c10d.default_pg_timeout = datetime.timedelta(seconds=ep.timeout_s)
+
+
+def _init_comm(rank: int, ep: MpcEndpoint) -> None:
+    _set_env(rank, ep)
+    _register_provider()
+    try:
+        comm._init(use_threads=False, rank=rank, world_size=WORLD_SIZE, init_ttp=True)
+    except Exception as exc:  # torch raises several types for a failed rendezvous
+        raise MpcError(
+            f"could not join the MPC session at {ep.master_addr}:{ep.master_port} "
+            f"as rank {rank}: {exc}. Check that server A, server B and the dealer are "
+            "all started with the same MPC address and port."
+        ) from exc
+    comm.get().reset_communication_stats()
+    crypten.cfg.communicator.verbose = True
+
+
+def run_dealer(ep: MpcEndpoint) -> int:
+    """Run the dealer (rank 2) until server A ends the session; returns requests served."""
+    _init_comm(RANK_DEALER, ep)
+    dealer = _Dealer(comm.get().ttp_group)
+    log.info("dealer: session up, serving CSPRNG correlated randomness")
+    try:
+        dealer.serve()
+    finally:
+        _teardown()
+    return dealer.requests
+
+
+def _teardown() -> None:
+    with contextlib.suppress(Exception):
+        inst = comm.DistributedCommunicator.instance
+        if inst is not None:
+            dist.destroy_process_group(inst.main_group)
+            dist.destroy_process_group(inst.ttp_group)
+        dist.destroy_process_group()
+    comm.DistributedCommunicator.instance = None
+
+
+class MpcSession:
+    """A server's CrypTen session: started once per process, reused for every round.
+
+    All methods are collective: server A and server B must call the same method with
+    arrays of the same shape, in the same order. They block (on one thread: CrypTen
+    keeps global state) and are meant to run off the service's event loop.
+    """
+
+    def __init__(self, rank: int, ep: MpcEndpoint) -> None:
+        if rank not in (RANK_A, RANK_B):
+            raise ValueError("an MpcSession is server A (rank 0) or server B (rank 1)")
+        global _CLIENT
+        self.rank = rank
+        self.endpoint = ep
+        _init_comm(rank, ep)
+        crypten._setup_prng()
+        _CLIENT = _CsprngClient(rank, comm.get().ttp_group, ep.timeout_s)
+        self.traffic = Traffic()
+        self.closed = False
+        log.info("mpc: rank %d joined the session", rank)
+
+    # ------------------------------------------------------------ accounting
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        c = comm.get()
+        b0, r0 = c.comm_bytes, c.comm_rounds
+        d0 = _client().dealer_bytes
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            tr = self.traffic
+            tr.seconds[name] = tr.seconds.get(name, 0.0) + time.perf_counter() - t0
+            tr.bytes_sent[name] = tr.bytes_sent.get(name, 0) + int(c.comm_bytes - b0)
+            tr.rounds[name] = tr.rounds.get(name, 0) + int(c.comm_rounds - r0)
+            tr.dealer_bytes[name] = tr.dealer_bytes.get(name, 0) + _client().dealer_bytes - d0
+
+    def reset_traffic(self) -> Traffic:
+        old, self.traffic = self.traffic, Traffic()
+        return old
+
+    @staticmethod
+    def _as_tensor(share: np.ndarray) -> torch.Tensor:
+        arr = np.ascontiguousarray(share)
+        if arr.dtype != np.int64:
+            raise TypeError(f"shares are int64 ring elements, got {arr.dtype}")
+        return torch.from_numpy(arr)
+
+    # -------------------------------------------------------------- phases
+    def sq_distances(self, share: np.ndarray) -> np.ndarray | None:
+        """Pairwise squared distances of the n shared rows, revealed to server A only.
+
+        One masked opening ``E = X - R`` (n×d, each server sends its share once), then
+        ``[X X^T] = E E^T (party 0) + E [R]^T + [R] E^T + [Z]`` and
+        ``[D] = diag[G] 1^T + 1 diag[G]^T - 2[G]`` locally; B sends its n×n share of D
+        to A. Returns the int64 matrix at scale 2^32 on A, ``None`` on B.
+        """
+        x = self._as_tensor(share)
+        if x.dim() != 2:
+            raise ValueError("expected an n×d matrix of shares")
+        n, d = x.shape
+        provider: CsprngTTP = crypten.mpc.get_default_provider()
+        with self._phase("distances"):
+            r, z = provider.gram_pair(n, d)
+            e = x - r
+            e = comm.get().all_reduce(e)  # E = E_A + E_B, the only n×d opening
+            m = e @ r.t()
+            del r
+            g = m + m.t() + z
+            if self.rank == RANK_A:
+                g += e @ e.t()
+            del e
+            diag = torch.diagonal(g)
+            dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - 2 * g
+            if self.rank == RANK_A:
+                other = comm.get().recv(torch.empty_like(dsh), src=RANK_B)
+                return (dsh + other).numpy()
+            comm.get().send(dsh, dst=RANK_A)
+            return None
+
+    def exchange_selection(self, selected: Sequence[int] | None, n: int) -> list[int]:
+        """A sends its selection to B over the MPC channel (library use; the service
+        hands it over with a Peer RPC instead). Returns the selection on both."""
+        with self._phase("selection"):
+            count = torch.zeros(1, dtype=torch.long)
+            if self.rank == RANK_A:
+                assert selected is not None
+                count[0] = len(selected)
+            comm.get().broadcast(count, RANK_A)
+            buf = torch.zeros(int(count[0]), dtype=torch.long)
+            if self.rank == RANK_A:
+                buf[:] = torch.tensor(list(selected), dtype=torch.long)
+            comm.get().broadcast(buf, RANK_A)
+        sel = [int(v) for v in buf]
+        if not sel or any(not 0 <= i < n for i in sel) or len(set(sel)) != len(sel):
+            raise MpcError(f"invalid selection {sel} for {n} participants")
+        return sel
+
+    def reveal_sum(self, share: np.ndarray, selected: Sequence[int]) -> np.ndarray:
+        """Each server sums its own shares of the selected rows; only that sum is opened."""
+        x = self._as_tensor(share)
+        idx = torch.tensor(list(selected), dtype=torch.long)
+        with self._phase("reveal"):
+            s = x.index_select(0, idx).sum(dim=0)
+            s = comm.get().all_reduce(s)
+        return s.numpy()
+
+    def bulyan_window_sum(self, share: np.ndarray, selected: Sequence[int], f: int) -> np.ndarray:
+        """Bulyan's coordinate-wise stage in 2PC; reveals only the β-window sum.
+
+        For the θ selected rows, per coordinate: an odd-even merge sorting network
+        (each compare-exchange is one secure comparison plus one bit×value product),
+        the median at sorted position ``(θ-1)//2`` (the lower middle for even θ), and
+        among the windows of β = θ-2f consecutive sorted values containing the median
+        the one with the least ``Σ|x - median|`` (linear in the sorted values, so only
+        the window choice needs comparisons; ties keep the lower window). The revealed
+        vector is that window's sum; the aggregate is sum / β.
+        """
+        theta = len(selected)
+        beta = theta - 2 * f
+        if beta < 1:
+            raise ValueError(f"bulyan needs θ - 2f >= 1, got θ={theta}, f={f}")
+        x = self._as_tensor(share)
+        idx = torch.tensor(list(selected), dtype=torch.long)
+        with self._phase("bulyan_coordinate"):
+            # Linear steps work on this party's raw share (exact int64 arithmetic);
+            # only comparisons and bit×value products go through CrypTen.
+            rows = x.index_select(0, idx).clone()
+            for layer in _sorting_network(theta):
+                lo = torch.tensor([p[0] for p in layer], dtype=torch.long)
+                hi = torch.tensor([p[1] for p in layer], dtype=torch.long)
+                diff = _shared(rows[lo] - rows[hi])
+                delta = _share_of(diff * diff.gt(0))  # move max(a-b, 0) from lo to hi
+                rows[lo] -= delta
+                rows[hi] += delta
+            mid = (theta - 1) // 2
+            med = rows[mid]
+            best_cost = best_sum = None
+            for s in range(max(0, mid - beta + 1), min(mid, theta - beta) + 1):
+                below, above = mid - s, s + beta - 1 - mid
+                wsum = rows[s : s + beta].sum(dim=0)
+                # Σ_{j<mid}(med - x_j) + Σ_{j>mid}(x_j - med) over the window, which
+                # is linear because the rows are sorted
+                cost = wsum - 2 * rows[s:mid].sum(dim=0) - (1 + above - below) * med
+                if best_cost is None:
+                    best_cost, best_sum = _shared(cost), _shared(wsum)
+                    continue
+                c_cost, c_sum = _shared(cost), _shared(wsum)
+                better = c_cost.lt(best_cost)  # strict: ties keep the lower window
+                best_cost = best_cost + (c_cost - best_cost) * better
+                best_sum = best_sum + (c_sum - best_sum) * better
+            assert best_sum is not None
+            out = best_sum._tensor.reveal()
+        return out.numpy()
+
+    def close(self) -> None:
+        """End the session; server A also tells the dealer to stop."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            if self.rank == RANK_A:
+                hdr = torch.zeros(_HDR, dtype=torch.long)
+                hdr[0] = _F_TERMINATE
+                dist.send(hdr, dst=RANK_DEALER, group=comm.get().ttp_group)
+        _teardown()
+
+
+def _shared(share: torch.Tensor) -> MPCTensor:
+    return MPCTensor.from_shares(share, precision=FRAC_BITS)
+
+
+def _share_of(t: MPCTensor) -> torch.Tensor:
+    return t._tensor.share
+
+
+def _sorting_network(n: int) -> list[list[tuple[int, int]]]:
+    """Batcher's odd-even merge sort for any n, as layers of disjoint (lo, hi) pairs.
+
+    Built for the next power of two with comparators touching indices >= n dropped:
+    those positions act as +inf, so dropping them keeps the network a sorter.
+    """
+    p2 = 1
+    while p2 < n:
+        p2 *= 2
+    layers: list[list[tuple[int, int]]] = []
+    p = 1
+    while p < p2:
+        k = p
+        while k >= 1:
+            layer = []
+            for j in range(k % p, p2 - k, 2 * k):
+                for i in range(min(k, p2 - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        layer.append((a, b))
+            if layer:
+                layers.append(layer)
+            k //= 2
+        p *= 2
+    return layers
