@@ -492,24 +492,57 @@ class MpcSession:
         crypten._setup_prng()
         _CLIENT = _CsprngClient(rank, comm.get().ttp_group, ep.timeout_s)
         self.traffic = Traffic()
+        self._sent = 0  # bytes this party sent in secagg's own openings
+        self._rounds = 0
         self.closed = False
         log.info("mpc: rank %d joined the session", rank)
 
     # ------------------------------------------------------------ accounting
     @contextlib.contextmanager
     def _phase(self, name: str) -> Iterator[None]:
+        # bytes_sent = what this party put on the wire: exact for secagg's own openings;
+        # for CrypTen's protocols, half its counter (it logs sent + received, and every
+        # 2PC exchange here is symmetric).
         c = comm.get()
-        b0, r0 = c.comm_bytes, c.comm_rounds
+        b0, r0, s0, o0 = c.comm_bytes, c.comm_rounds, self._sent, self._rounds
         d0 = _client().dealer_bytes
         t0 = time.perf_counter()
         try:
             yield
         finally:
             tr = self.traffic
+            sent = (self._sent - s0) + int(c.comm_bytes - b0) // 2
+            rounds = (self._rounds - o0) + int(c.comm_rounds - r0)
             tr.seconds[name] = tr.seconds.get(name, 0.0) + time.perf_counter() - t0
-            tr.bytes_sent[name] = tr.bytes_sent.get(name, 0) + int(c.comm_bytes - b0)
-            tr.rounds[name] = tr.rounds.get(name, 0) + int(c.comm_rounds - r0)
+            tr.bytes_sent[name] = tr.bytes_sent.get(name, 0) + sent
+            tr.rounds[name] = tr.rounds.get(name, 0) + rounds
             tr.dealer_bytes[name] = tr.dealer_bytes.get(name, 0) + _client().dealer_bytes - d0
+
+    def _open(self, mine: torch.Tensor) -> torch.Tensor:
+        """Open a shared tensor to both parties: send my share, receive the other's."""
+        peer = 1 - self.rank
+        group = comm.get().main_group
+        other = torch.empty_like(mine)
+        req = dist.isend(mine.contiguous(), dst=peer, group=group)
+        dist.recv(other, src=peer, group=group)
+        req.wait()
+        self._sent += mine.numel() * 8
+        self._rounds += 1
+        other += mine
+        return other
+
+    def _open_to_a(self, mine: torch.Tensor) -> torch.Tensor | None:
+        """Open a shared tensor to server A only."""
+        group = comm.get().main_group
+        self._rounds += 1
+        if self.rank == RANK_A:
+            other = torch.empty_like(mine)
+            dist.recv(other, src=RANK_B, group=group)
+            other += mine
+            return other
+        dist.send(mine.contiguous(), dst=RANK_A, group=group)
+        self._sent += mine.numel() * 8
+        return None
 
     def reset_traffic(self) -> Traffic:
         old, self.traffic = self.traffic, Traffic()
@@ -539,7 +572,7 @@ class MpcSession:
         with self._phase("distances"):
             r, z = provider.gram_pair(n, d)
             e = x - r
-            e = comm.get().all_reduce(e)  # E = E_A + E_B, the only n×d opening
+            e = self._open(e)  # E = E_A + E_B, the only n×d opening
             m = e @ r.t()
             del r
             g = m + m.t() + z
@@ -548,11 +581,8 @@ class MpcSession:
             del e
             diag = torch.diagonal(g)
             dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - 2 * g
-            if self.rank == RANK_A:
-                other = comm.get().recv(torch.empty_like(dsh), src=RANK_B)
-                return (dsh + other).numpy()
-            comm.get().send(dsh, dst=RANK_A)
-            return None
+            out = self._open_to_a(dsh)
+        return None if out is None else out.numpy()
 
     def exchange_selection(self, selected: Sequence[int] | None, n: int) -> list[int]:
         """A sends its selection to B over the MPC channel (library use; the service
@@ -578,7 +608,7 @@ class MpcSession:
         idx = torch.tensor(list(selected), dtype=torch.long)
         with self._phase("reveal"):
             s = x.index_select(0, idx).sum(dim=0)
-            s = comm.get().all_reduce(s)
+            s = self._open(s)
         return s.numpy()
 
     def bulyan_window_sum(self, share: np.ndarray, selected: Sequence[int], f: int) -> np.ndarray:

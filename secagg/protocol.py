@@ -1,0 +1,85 @@
+"""One aggregation round as the two servers run it, on top of :mod:`secagg.mpc`.
+
+This is the library path (both parties call :func:`run_round` with their own share
+matrix and the same public plan); the gRPC service runs the same steps but hands the
+selection to server B with a Peer RPC instead of the MPC channel.
+
+What each party learns: server A the n×n squared-distance matrix (exact on the encoded
+vectors), both servers the selection and the opened sum of the selected vectors (for
+Bulyan: the per-coordinate window sum). Nothing else is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from secagg import rules
+from secagg.mpc import RANK_A, MpcSession
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The public parameters of a round, identical on both servers."""
+
+    rule: str
+    f: int
+    m: int | None = None
+
+    def validate(self, n: int) -> None:
+        """Raise :class:`secagg.rules.RuleError` if the rule cannot run on n workers."""
+        rules.validate_params(self.rule, n, self.f, self.m)
+
+    def divisor(self, n: int, selected: list[int]) -> int:
+        """How many values each aggregate coordinate averages."""
+        if self.rule == "bulyan":
+            return rules.bulyan_beta(n, self.f)
+        return len(selected)
+
+
+@dataclass
+class PartyOutcome:
+    """What one server holds after a round."""
+
+    selected: list[int]
+    encoded_sum: np.ndarray  # int64 at scale 2^16·scale, sum of `divisor` values
+    divisor: int
+    distances: np.ndarray | None = None  # int64 at scale 2^32 (server A only)
+    traffic: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def choose(plan: RoundPlan, distances: np.ndarray | None, n: int) -> list[int]:
+    """Server A's selection from the revealed (exact, int64) distance matrix."""
+    if plan.rule == "mean":
+        return list(range(n))
+    if distances is None:
+        raise ValueError(f"{plan.rule} needs the distance matrix")
+    return rules.select(plan.rule, distances, plan.f, plan.m)
+
+
+def reveal(
+    session: MpcSession, share: np.ndarray, plan: RoundPlan, selected: list[int]
+) -> np.ndarray:
+    """The masked reveal: only the (window) sum of the selected vectors is opened."""
+    if plan.rule == "bulyan":
+        return session.bulyan_window_sum(share, selected, plan.f)
+    return session.reveal_sum(share, selected)
+
+
+def run_round(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> PartyOutcome:
+    """Run a whole round; collective (A and B call it with matching shapes)."""
+    n = int(share.shape[0])
+    plan.validate(n)  # public check on both sides: both raise before any 2PC step
+    session.reset_traffic()
+    distances = None if plan.rule == "mean" else session.sq_distances(share)
+    mine = choose(plan, distances, n) if session.rank == RANK_A else None
+    selected = session.exchange_selection(mine, n)
+    total = reveal(session, share, plan, selected)
+    return PartyOutcome(
+        selected=selected,
+        encoded_sum=total,
+        divisor=plan.divisor(n, selected),
+        distances=distances,
+        traffic=session.traffic.as_dict(),
+    )
