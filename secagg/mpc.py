@@ -48,7 +48,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -452,10 +452,12 @@ def _init_comm(rank: int, ep: MpcEndpoint) -> None:
     crypten.cfg.communicator.verbose = True
 
 
-def run_dealer(ep: MpcEndpoint) -> int:
+def run_dealer(ep: MpcEndpoint, on_ready: Callable[[], None] | None = None) -> int:
     """Run the dealer (rank 2) until server A ends the session; returns requests served."""
     _init_comm(RANK_DEALER, ep)
     dealer = _Dealer(comm.get().ttp_group)
+    if on_ready is not None:
+        on_ready()
     log.info("dealer: session up, serving CSPRNG correlated randomness")
     try:
         dealer.serve()
