@@ -1,0 +1,1 @@
+"""secagg's processes: server A (coordinator and selector), server B (helper), the dealer."""

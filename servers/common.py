@@ -1,0 +1,182 @@
+"""What server A, server B and the dealer share: settings, logging, gRPC plumbing, auth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from secagg import transport
+from secagg.rounds import RoundError
+
+SERVICE_NAMES = ("secagg.v1.Worker", "secagg.v1.Admin", "secagg.v1.Peer")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. Callers never pass shares, seeds or tokens."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        msg = record.getMessage()
+        try:  # secagg.rounds already logs JSON objects: merge rather than nest
+            parsed = json.loads(msg)
+            if isinstance(parsed, dict):
+                out.update(parsed)
+            else:
+                out["msg"] = msg
+        except ValueError:
+            out["msg"] = msg
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+@dataclass
+class CommonSettings:
+    listen: str
+    mpc_addr: str
+    mpc_port: int
+    mpc_timeout_s: float
+    tls: transport.TlsConfig | None
+    peer_token: str | None
+    log_level: str
+
+
+def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
+    """Every flag also reads an environment variable (the compose file sets those)."""
+    p.add_argument("--listen", default=env("SECAGG_LISTEN", default_listen))
+    p.add_argument("--mpc-addr", default=env("SECAGG_MPC_ADDR", "127.0.0.1"),
+                   help="host of server A's MPC rendezvous (torch.distributed store)")
+    p.add_argument("--mpc-port", type=int, default=int(env("SECAGG_MPC_PORT", "29500") or 29500))
+    p.add_argument("--mpc-timeout", type=float,
+                   default=float(env("SECAGG_MPC_TIMEOUT_S", "300") or 300))
+    p.add_argument("--tls-dir", default=env("SECAGG_TLS_DIR"),
+                   help="directory with ca.pem, NAME.pem, NAME.key (secagg certs makes them)")
+    p.add_argument("--peer-token-file", default=env("SECAGG_PEER_TOKEN_FILE"),
+                   help="shared secret A presents to B when TLS is off")
+    p.add_argument("--log-level", default=env("SECAGG_LOG_LEVEL", "INFO"))
+
+
+def common_settings(args: argparse.Namespace, name: str) -> CommonSettings:
+    tls = None
+    if args.tls_dir:
+        d = Path(args.tls_dir)
+        tls = transport.TlsConfig(ca_cert=d / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
+    token = None
+    if args.peer_token_file:
+        token = Path(args.peer_token_file).read_text().strip()
+    return CommonSettings(
+        listen=args.listen,
+        mpc_addr=args.mpc_addr,
+        mpc_port=args.mpc_port,
+        mpc_timeout_s=args.mpc_timeout,
+        tls=tls,
+        peer_token=token,
+        log_level=args.log_level,
+    )
+
+
+def make_server(settings: CommonSettings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = grpc.aio.server(options=transport.server_options())
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    if settings.tls is not None:
+        # client certificates are optional at the TLS layer (workers use tokens);
+        # Peer and Admin RPCs check the certificate identity themselves
+        creds = settings.tls.server_credentials(require_client_auth=False)
+        port = server.add_secure_port(settings.listen, creds)
+    else:
+        port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.listen}: is the port in use?")
+    return server, hs
+
+
+async def set_health(hs: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *SERVICE_NAMES):
+        await hs.set(name, status)
+
+
+def client_channel(target: str, tls: transport.TlsConfig | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=transport.channel_options())
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=transport.channel_options()
+    )
+
+
+async def abort_for(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """Answer a refused request with its precise status and a message that helps."""
+    if isinstance(exc, RoundError):
+        await context.abort(grpc.StatusCode[exc.code], exc.message)
+    if isinstance(exc, transport.ProtocolError):
+        await context.abort(exc.code, exc.message)
+    if isinstance(exc, ValueError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    raise exc
+
+
+def metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+async def require_identity(
+    context: grpc.aio.ServicerContext,
+    expected: str,
+    tls_on: bool,
+    token: str | None,
+) -> None:
+    """Peer/Admin RPCs: the mTLS certificate's CN must be ``expected``; with TLS off,
+    the shared token must be presented. Anything else is PERMISSION_DENIED."""
+    if tls_on:
+        who = transport.peer_identity(context)
+        if who != expected:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this RPC is for {expected!r} only (client certificate identity "
+                f"{who!r}); workers use the Worker service",
+            )
+        return
+    md = metadata(context)
+    got = md.get("authorization", "")
+    import hmac
+
+    if not token or not hmac.compare_digest(got, f"Bearer {token}"):
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"this RPC is for {expected!r} only: present its token (TLS is off)",
+        )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,156 @@
+"""Start server A, server B and the dealer as local processes (``secagg up``, tests).
+
+Each process is started with ``python -m servers.<name>`` and the same flags a real
+deployment passes, on free loopback ports. With TLS on (the default) a dev CA and
+per-party certificates are made in the working directory first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from secagg import transport
+from secagg.cluster import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LocalDeployment:
+    workdir: Path
+    worker_ids: list[str]
+    tls: bool = True
+    mpc_timeout_s: float = 120.0
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = None
+
+    # -------------------------------------------------------------- addresses
+    @property
+    def addr_a(self) -> str:
+        return f"{self.host}:{self.ports['server-a']}"
+
+    @property
+    def addr_b(self) -> str:
+        return f"{self.host}:{self.ports['server-b']}"
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    def tls_for(self, name: str) -> transport.TlsConfig | None:
+        return transport.TlsConfig.from_pki(self.pki, name) if self.tls else None
+
+    def worker_tls(self) -> transport.TlsConfig | None:
+        # workers verify the servers against the CA and authenticate by token
+        return transport.TlsConfig(ca_cert=self.pki / "ca.pem") if self.tls else None
+
+    # -------------------------------------------------------------- lifecycle
+    def prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            transport.make_dev_pki(self.pki)
+        self.tokens = transport.issue_tokens(self.worker_ids, self.workdir / "worker-tokens.json")
+        import secrets
+
+        for name in ("peer-token", "admin-token"):
+            p = self.workdir / name
+            p.write_text(secrets.token_urlsafe(32))
+            p.chmod(0o600)
+        self.admin_token = (self.workdir / "admin-token").read_text()
+        for name in ("server-a", "server-b", "dealer", "mpc"):
+            self.ports[name] = free_port()
+
+    def command(self, name: str) -> list[str]:
+        module = {"server-a": "servers.server_a", "server-b": "servers.server_b",
+                  "dealer": "servers.dealer"}[name]
+        args = [sys.executable, "-m", module,
+                "--listen", f"{self.host}:{self.ports[name]}",
+                "--mpc-addr", self.host, "--mpc-port", str(self.ports["mpc"]),
+                "--mpc-timeout", str(self.mpc_timeout_s)]
+        if self.tls:
+            args += ["--tls-dir", str(self.pki)]
+        else:
+            args += ["--peer-token-file", str(self.workdir / "peer-token")]
+        if name == "server-a":
+            args += ["--peer", self.addr_b, "--worker-tokens",
+                     str(self.workdir / "worker-tokens.json"),
+                     "--admin-token-file", str(self.workdir / "admin-token")]
+        if name == "server-b":
+            args += ["--worker-tokens", str(self.workdir / "worker-tokens.json")]
+        return args
+
+    def start(self, wait_s: float = 180.0) -> None:
+        if not self.ports:
+            self.prepare()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        for name in ("server-a", "server-b", "dealer"):
+            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+            self.procs[name] = subprocess.Popen(
+                self.command(name), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.wait_healthy(wait_s)
+
+    def health(self, name: str, timeout_s: float = 2.0) -> bool:
+        target = f"{self.host}:{self.ports[name]}"
+        tls = self.tls_for("admin")
+        with transport.make_channel(target, tls) as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            except grpc.RpcError:
+                return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_healthy(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        pending = {"server-a", "server-b", "dealer"}
+        while pending:
+            for name in list(pending):
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with code {proc.returncode}; see "
+                        f"{self.workdir / 'logs' / (name + '.log')}")
+                if self.health(name):
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{sorted(pending)} not healthy after {wait_s:.0f} s; see the logs in "
+                    f"{self.workdir / 'logs'}")
+            if pending:
+                time.sleep(0.2)
+
+    def log_text(self, name: str) -> str:
+        p = self.workdir / "logs" / f"{name}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def __enter__(self) -> LocalDeployment:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,337 @@
+"""Server A: workers' seeds, the Admin API, and the coordinator of every round.
+
+A runs rank 0 of the CrypTen session (it also hosts the MPC rendezvous), drives server
+B through the Peer service, sees the distance matrix, runs the robust rule and serves
+the aggregate. CrypTen work runs on one dedicated thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from secagg import encoding, mpc, protocol, sharing, transport
+from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
+from secagg.v1 import secagg_pb2 as pb
+from secagg.v1 import secagg_pb2_grpc as pbg
+from servers import common
+
+log = logging.getLogger("secagg.server_a")
+
+PHASE_OF_RULE = {Rule.BULYAN: pb.PHASE_BULYAN_COORDINATE}
+
+
+@dataclass
+class Outcome:
+    """What server A keeps after a round (aggregate and, for the operator, distances)."""
+
+    aggregate: np.ndarray | None = None
+    divisor: int = 0
+    distances: np.ndarray | None = None  # float, decoded; what A saw
+    selected_idx: list[int] = field(default_factory=list)
+
+
+class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
+    def __init__(self, settings: common.CommonSettings, tokens: transport.TokenStore,
+                 peer: str, admin_token: str | None, phase_timeout_s: float) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.book = RoundBook(workers=tokens.worker_ids, server="server-a")
+        self.outcomes: dict[str, Outcome] = {}
+        self.peer_target = peer
+        self.admin_token = admin_token
+        self.phase_timeout_s = phase_timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc")
+        self.session: mpc.MpcSession | None = None
+        self.mpc_lock = asyncio.Lock()  # one 2PC computation at a time
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.channel = common.client_channel(peer, settings.tls)
+        self.peer = pbg.PeerStub(self.channel)
+
+    # ------------------------------------------------------------------ helpers
+    def _peer_md(self) -> list[tuple[str, str]]:
+        if self.settings.tls is None and self.settings.peer_token:
+            return [("authorization", f"Bearer {self.settings.peer_token}")]
+        return []
+
+    async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def start_mpc(self) -> None:
+        ep = mpc.MpcEndpoint("0.0.0.0" if self.settings.mpc_addr in ("", "0.0.0.0") else
+                             self.settings.mpc_addr, self.settings.mpc_port,
+                             self.settings.mpc_timeout_s)
+        log.info('{"event": "mpc_starting", "rank": 0}')
+        self.session = await self._mpc(mpc.MpcSession, mpc.RANK_A, ep)
+        log.info('{"event": "mpc_ready", "rank": 0}')
+
+    async def _worker(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
+        md = common.metadata(context)
+        wid = md.get("x-secagg-worker", "")
+        auth = md.get("authorization", "")
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        if not wid or not self.tokens.verify(wid, token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "unknown worker or wrong token: check x-secagg-worker and "
+                                "the bearer token your operator issued")
+        if claimed != wid:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"authenticated as {wid!r} but submitting for {claimed!r}")
+
+    def _round(self, round_id: str) -> Round:
+        return self.book.get(round_id)
+
+    # ------------------------------------------------------------- Worker API
+    async def SubmitSeed(self, request: pb.SeedSubmission, context) -> pb.Receipt:  # noqa: N802
+        await self._worker(context, request.worker_id)
+        try:
+            rnd = self._round(request.round_id)
+            if request.dim != rnd.config.dim:
+                raise transport.ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"dim {request.dim} does not match the round's {rnd.config.dim}")
+            if len(request.seed) != sharing.SEED_BYTES:
+                raise transport.ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a seed is exactly {sharing.SEED_BYTES} bytes, got {len(request.seed)}")
+            receipt = rnd.submit(request.worker_id, request.submission_id, bytes(request.seed))
+            return receipt.to_proto()
+        except (RoundError, transport.ProtocolError, ValueError) as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "server A takes seeds (SubmitSeed); send the share vector to server B")
+
+    async def GetRoundStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
+        try:
+            return self._round(request.round_id).to_proto()
+        except RoundError as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def GetAggregate(self, request: pb.RoundRef, context):  # noqa: N802
+        try:
+            rnd = self._round(request.round_id)
+        except RoundError as exc:
+            await common.abort_for(context, exc)
+            raise
+        if rnd.state is not RoundState.DONE:
+            why = f": {rnd.failure_reason}" if rnd.state is RoundState.FAILED else ""
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"round {rnd.round_id!r} is {rnd.state.value}{why}; poll "
+                                "GetRoundStatus until it is done")
+        out = self.outcomes[rnd.round_id]
+        assert out.aggregate is not None
+        data = out.aggregate.astype("<f8").tobytes()
+        header = pb.AggregateHeader(
+            round_id=rnd.round_id, dim=rnd.config.dim, rule=rnd.config.rule.to_proto(),
+            selected=list(rnd.selected), divisor=float(out.divisor),
+            scale=rnd.config.scale, digest=hashlib.sha256(data).digest())
+        step = transport.MAX_CHUNK_BYTES
+        for k, off in enumerate(range(0, max(len(data), 1), step)):
+            chunk = pb.AggregateChunk(offset=off // 8, data=data[off:off + step])
+            if k == 0:
+                chunk.header.CopyFrom(header)
+            yield chunk
+
+    # -------------------------------------------------------------- Admin API
+    async def _admin(self, context) -> None:  # noqa: ANN001
+        await common.require_identity(context, "admin", self.settings.tls is not None,
+                                      self.admin_token)
+
+    async def OpenRound(self, request: pb.RoundConfig, context) -> pb.RoundStatus:  # noqa: N802
+        await self._admin(context)
+        if self.session is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the MPC session is not up yet: check that server B and the "
+                                "dealer are running, then retry")
+        try:
+            config = RoundConfig.from_proto(request)
+            rnd = self.book.open(config)
+        except (RoundError, ValueError) as exc:
+            await common.abort_for(context, exc)
+            raise
+        try:
+            await self.peer.OpenRound(request, metadata=self._peer_md(), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            rnd.fail(f"server B refused or is unreachable: {exc.details()}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"server B did not accept the round: {exc.details()}")
+        if rnd.round_id not in self.tasks:
+            self.outcomes[rnd.round_id] = Outcome()
+            self.tasks[rnd.round_id] = asyncio.create_task(self._coordinate(rnd))
+        return rnd.to_proto()
+
+    async def ListRounds(self, request: pb.ListRoundsRequest, context) -> pb.ListRoundsResponse:  # noqa: N802
+        await self._admin(context)
+        states = [RoundState.from_proto(s) for s in request.states]
+        rounds = self.book.list(states or None, request.limit)
+        return pb.ListRoundsResponse(rounds=[r.to_proto() for r in rounds])
+
+    async def GetRoundReport(self, request: pb.RoundRef, context) -> pb.RoundReport:  # noqa: N802
+        """Operator-only: the distance matrix server A saw, with the status."""
+        await self._admin(context)
+        try:
+            rnd = self._round(request.round_id)
+        except RoundError as exc:
+            await common.abort_for(context, exc)
+            raise
+        out = self.outcomes.get(rnd.round_id, Outcome())
+        dist = [] if out.distances is None else out.distances.ravel().tolist()
+        return pb.RoundReport(status=rnd.to_proto(), distances=dist,
+                              selected_indices=out.selected_idx)
+
+    # ------------------------------------------------------------ coordinator
+    async def _peer_received(self, round_id: str) -> int:
+        st = await self.peer.GetPeerStatus(pb.RoundRef(round_id=round_id),
+                                           metadata=self._peer_md(), timeout=10)
+        return int(st.received)
+
+    async def _coordinate(self, rnd: Round) -> None:
+        rid = rnd.round_id
+        try:
+            while True:  # collection: quorum on both servers, or the deadline
+                if rnd.state.terminal:
+                    return
+                if rnd.ready_to_fix():
+                    if rnd.deadline_passed() or (
+                        await self._peer_received(rid) >= rnd.config.effective_quorum):
+                        break
+                await asyncio.sleep(0.05)
+            holdings = rnd.holdings()  # worker -> submission id
+            req = pb.ParticipantsRequest(round_id=rid, entries=[
+                pb.ParticipantEntry(worker_id=w, submission_id=s) for w, s in holdings.items()])
+            try:
+                reply = await self.peer.FixParticipants(req, metadata=self._peer_md(), timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                raise RuntimeError(f"server B could not fix participants: {exc.details()}") \
+                    from exc
+            participants = rnd.fix_participants(list(reply.participants))
+            async with self.mpc_lock:
+                await self._run_2pc(rnd, participants)
+        except RoundError as exc:
+            log.warning('{"event": "round_failed", "round_id": "%s"}', rid)
+            await self._fail_peer(rid, exc.message)
+        except Exception as exc:  # a failed round must not take the server down
+            log.exception('{"event": "round_error", "round_id": "%s"}', rid)
+            reason = f"{type(exc).__name__}: {exc}"
+            rnd.fail(reason)
+            await self._fail_peer(rid, reason)
+
+    async def _fail_peer(self, rid: str, reason: str) -> None:
+        try:
+            await self.peer.FailRound(pb.FailRequest(round_id=rid, reason=reason),
+                                      metadata=self._peer_md(), timeout=10)
+        except grpc.aio.AioRpcError:
+            pass
+
+    async def _phase(self, rnd: Round, phase: int, participants: list[str],
+                     selected: list[int], fn, *args):  # noqa: ANN001, ANN202
+        """Run one 2PC phase: B's half through the Peer RPC, A's half on the MPC thread."""
+        req = pb.PhaseRequest(round_id=rnd.round_id, phase=phase, participants=participants,
+                              selected=selected, session_id=uuid.uuid4().hex)
+        peer_call = self.peer.RunPhase(req, metadata=self._peer_md(),
+                                       timeout=self.phase_timeout_s)
+        mine = self._mpc(fn, *args)
+        reply, result = await asyncio.gather(peer_call, mine)
+        return reply, result
+
+    async def _run_2pc(self, rnd: Round, participants: list[str]) -> None:
+        assert self.session is not None
+        cfg = rnd.config
+        n = len(participants)
+        plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+        plan.validate(n)
+        t0 = time.perf_counter()
+        share = await asyncio.get_running_loop().run_in_executor(
+            None, _expand_seeds, [rnd.submission(w).payload for w in participants], cfg.dim)
+        rnd.record_phase("expand_seeds", seconds=time.perf_counter() - t0)
+        self.session.reset_traffic()
+        out = self.outcomes[rnd.round_id]
+        distances = None
+        if cfg.rule is not Rule.MEAN:
+            rnd.start_distances()
+            _, distances = await self._phase(rnd, pb.PHASE_DISTANCES, participants, [],
+                                             self.session.sq_distances, share)
+            rnd.start_selection()
+            out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
+        selected = protocol.choose(plan, distances, n)
+        out.selected_idx = selected
+        rnd.start_reveal([participants[i] for i in selected])
+        phase = PHASE_OF_RULE.get(cfg.rule, pb.PHASE_REVEAL)
+        _, total = await self._phase(rnd, phase, participants, selected,
+                                     protocol.reveal, self.session, share, plan, selected)
+        out.divisor = plan.divisor(n, selected)
+        out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
+        tr = self.session.traffic
+        for name, secs in tr.seconds.items():
+            rnd.record_phase(f"mpc.{name}", seconds=secs, bytes_sent=tr.bytes_sent.get(name, 0),
+                             comm_rounds=tr.rounds.get(name, 0),
+                             dealer_bytes=tr.dealer_bytes.get(name, 0))
+        rnd.finish()
+
+    async def close(self) -> None:
+        for t in self.tasks.values():
+            t.cancel()
+        if self.session is not None:
+            await self._mpc(self.session.close)
+        await self.channel.close()
+
+
+def _expand_seeds(seeds: list[bytes], dim: int) -> np.ndarray:
+    out = np.empty((len(seeds), dim), dtype=np.int64)
+    for i, s in enumerate(seeds):
+        out[i] = sharing.share_a(s, dim)
+    return out
+
+
+async def serve(args: argparse.Namespace) -> None:
+    settings = common.common_settings(args, "server-a")
+    common.setup_logging(settings.log_level)
+    tokens = transport.TokenStore.load(Path(args.worker_tokens))
+    admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file \
+        else None
+    server, hs = common.make_server(settings)
+    svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
+    pbg.add_WorkerServicer_to_server(svc, server)
+    pbg.add_AdminServicer_to_server(svc, server)
+    await common.set_health(hs, False)
+    await server.start()
+    log.info('{"event": "listening", "server": "server-a", "addr": "%s"}', settings.listen)
+    try:
+        await svc.start_mpc()
+        await common.set_health(hs, True)
+        await server.wait_for_termination()
+    finally:
+        await svc.close()
+        await server.stop(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="secagg-server-a", description=__doc__)
+    common.add_common_args(p, "127.0.0.1:50051")
+    p.add_argument("--peer", default=common.env("SECAGG_PEER", "127.0.0.1:50052"),
+                   help="server B's gRPC address")
+    p.add_argument("--worker-tokens", default=common.env("SECAGG_WORKER_TOKENS"),
+                   required=common.env("SECAGG_WORKER_TOKENS") is None,
+                   help="JSON file of worker id -> sha256 of its token")
+    p.add_argument("--admin-token-file", default=common.env("SECAGG_ADMIN_TOKEN_FILE"))
+    p.add_argument("--phase-timeout", type=float,
+                   default=float(common.env("SECAGG_PHASE_TIMEOUT_S", "600") or 600))
+    asyncio.run(serve(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Server B: workers' share vectors, and its half of every 2PC phase (Peer service).
+
+B never sees the distance matrix. It learns the participant set, the selection A hands
+it, and the opened (window) sum, which is the aggregate. Its Peer service answers only
+server A (mTLS identity "server-a", or the peer token when TLS is off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from secagg import encoding, mpc, protocol, transport
+from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, payload_digest
+from secagg.v1 import secagg_pb2 as pb
+from secagg.v1 import secagg_pb2_grpc as pbg
+from servers import common
+
+log = logging.getLogger("secagg.server_b")
+
+
+class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
+    def __init__(self, settings: common.CommonSettings, tokens: transport.TokenStore) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.book = RoundBook(workers=tokens.worker_ids, server="server-b")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc")
+        self.session: mpc.MpcSession | None = None
+        self.aggregates: dict[str, np.ndarray] = {}
+
+    async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def start_mpc(self) -> None:
+        ep = mpc.MpcEndpoint(self.settings.mpc_addr, self.settings.mpc_port,
+                             self.settings.mpc_timeout_s)
+        log.info('{"event": "mpc_starting", "rank": 1}')
+        self.session = await self._mpc(mpc.MpcSession, mpc.RANK_B, ep)
+        log.info('{"event": "mpc_ready", "rank": 1}')
+
+    async def _worker(self, context, claimed: str | None = None) -> str:  # noqa: ANN001
+        md = common.metadata(context)
+        wid = md.get("x-secagg-worker", "")
+        auth = md.get("authorization", "")
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        if not wid or not self.tokens.verify(wid, token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "unknown worker or wrong token: check x-secagg-worker and "
+                                "the bearer token your operator issued")
+        if claimed is not None and claimed != wid:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"authenticated as {wid!r} but submitting for {claimed!r}")
+        return wid
+
+    async def _peer(self, context) -> None:  # noqa: ANN001
+        await common.require_identity(context, "server-a", self.settings.tls is not None,
+                                      self.settings.peer_token)
+
+    # ------------------------------------------------------------- Worker API
+    async def SubmitSeed(self, request, context):  # noqa: N802, ANN001
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "server B takes share vectors (SubmitShare); send the seed to A")
+
+    async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
+        wid = await self._worker(context)
+        try:
+            assembler: transport.ChunkAssembler | None = None
+            header: pb.ShareChunk | None = None
+            rnd: Round | None = None
+            async for chunk in request_iterator:
+                if header is None:
+                    header = chunk
+                    if header.worker_id != wid:
+                        await context.abort(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"authenticated as {wid!r} but submitting for {header.worker_id!r}")
+                    rnd = self.book.get(header.round_id)
+                    if header.dim != rnd.config.dim:
+                        raise transport.ProtocolError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"dim {header.dim} does not match the round's {rnd.config.dim}")
+                    assembler = transport.ChunkAssembler(rnd.config.dim)
+                elif (chunk.round_id and chunk.round_id != header.round_id) or (
+                        chunk.worker_id and chunk.worker_id != header.worker_id):
+                    raise transport.ProtocolError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "a later chunk names another round or worker: one stream carries "
+                        "one share")
+                assert assembler is not None
+                assembler.add(chunk.offset, chunk.data)
+            if header is None or assembler is None or rnd is None:
+                raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
+                                              "empty stream: send at least one chunk")
+            share = assembler.finish()
+            receipt = rnd.submit(wid, header.submission_id, share,
+                                 digest=payload_digest(share))
+            return receipt.to_proto()
+        except (RoundError, transport.ProtocolError, ValueError) as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def GetRoundStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
+        try:
+            return self.book.get(request.round_id).to_proto()
+        except RoundError as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def GetAggregate(self, request, context):  # noqa: N802, ANN001
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "fetch the aggregate from server A")
+        yield pb.AggregateChunk()  # pragma: no cover - makes this an async generator
+
+    # --------------------------------------------------------------- Peer API
+    async def OpenRound(self, request: pb.RoundConfig, context) -> pb.RoundStatus:  # noqa: N802
+        await self._peer(context)
+        try:
+            return self.book.open(RoundConfig.from_proto(request)).to_proto()
+        except (RoundError, ValueError) as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def GetPeerStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
+        await self._peer(context)
+        return await self.GetRoundStatus(request, context)
+
+    async def FixParticipants(self, request: pb.ParticipantsRequest, context):  # noqa: N802, ANN001
+        await self._peer(context)
+        try:
+            rnd = self.book.get(request.round_id)
+            chosen = rnd.fix_participants(
+                {e.worker_id: e.submission_id for e in request.entries})
+            return pb.ParticipantsReply(round_id=rnd.round_id, participants=chosen,
+                                        mismatched=list(rnd.mismatched))
+        except (RoundError, ValueError) as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def FailRound(self, request: pb.FailRequest, context) -> pb.RoundStatus:  # noqa: N802
+        await self._peer(context)
+        try:
+            rnd = self.book.get(request.round_id)
+            if not rnd.state.terminal:
+                rnd.fail(f"server A: {request.reason}")
+            return rnd.to_proto()
+        except RoundError as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def RunPhase(self, request: pb.PhaseRequest, context) -> pb.PhaseReply:  # noqa: N802
+        await self._peer(context)
+        if self.session is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "B's MPC session is not up yet")
+        try:
+            rnd = self.book.get(request.round_id)
+            participants = list(request.participants)
+            if participants != list(rnd.participants):
+                raise transport.ProtocolError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the participant list differs from the one fixed with server B")
+            cfg = rnd.config
+            n = len(participants)
+            plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+            plan.validate(n)
+            share = np.stack([rnd.submission(w).payload for w in participants])
+            selected = [int(i) for i in request.selected]
+            t0 = time.perf_counter()
+            if request.phase == pb.PHASE_DISTANCES:
+                rnd.start_distances()
+                self.session.reset_traffic()
+                await self._mpc(self.session.sq_distances, share)
+                rnd.start_selection()
+                name = "distances"
+            elif request.phase in (pb.PHASE_REVEAL, pb.PHASE_BULYAN_COORDINATE):
+                if (request.phase == pb.PHASE_BULYAN_COORDINATE) != (plan.rule == "bulyan"):
+                    raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
+                                                  "phase does not match the round's rule")
+                if any(not 0 <= i < n for i in selected) or len(set(selected)) != len(selected):
+                    raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
+                                                  "selection indices out of range or repeated")
+                if plan.rule == "mean":
+                    self.session.reset_traffic()
+                rnd.start_reveal([participants[i] for i in selected])
+                total = await self._mpc(protocol.reveal, self.session, share, plan, selected)
+                self.aggregates[rnd.round_id] = encoding.decode(
+                    total, cfg.encoding_params(), plan.divisor(n, selected))
+                name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
+                tr = self.session.traffic
+                for k, secs in tr.seconds.items():
+                    rnd.record_phase(f"mpc.{k}", seconds=secs,
+                                     bytes_sent=tr.bytes_sent.get(k, 0),
+                                     comm_rounds=tr.rounds.get(k, 0),
+                                     dealer_bytes=tr.dealer_bytes.get(k, 0))
+                rnd.finish()
+            else:
+                raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
+                                              f"unknown phase {request.phase}")
+            tr = self.session.traffic
+            stats = pb.PhaseStats(phase=name, seconds=time.perf_counter() - t0,
+                                  bytes_sent=tr.bytes_sent.get(name, 0),
+                                  comm_rounds=tr.rounds.get(name, 0),
+                                  dealer_bytes=tr.dealer_bytes.get(name, 0))
+            return pb.PhaseReply(round_id=rnd.round_id, phase=request.phase, stats=stats)
+        except (RoundError, transport.ProtocolError, ValueError) as exc:
+            await common.abort_for(context, exc)
+            raise
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self._mpc(self.session.close)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    settings = common.common_settings(args, "server-b")
+    common.setup_logging(settings.log_level)
+    tokens = transport.TokenStore.load(Path(args.worker_tokens))
+    server, hs = common.make_server(settings)
+    svc = ServerB(settings, tokens)
+    pbg.add_WorkerServicer_to_server(svc, server)
+    pbg.add_PeerServicer_to_server(svc, server)
+    await common.set_health(hs, False)
+    await server.start()
+    log.info('{"event": "listening", "server": "server-b", "addr": "%s"}', settings.listen)
+    try:
+        await svc.start_mpc()
+        await common.set_health(hs, True)
+        await server.wait_for_termination()
+    finally:
+        await svc.close()
+        await server.stop(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="secagg-server-b", description=__doc__)
+    common.add_common_args(p, "127.0.0.1:50052")
+    p.add_argument("--worker-tokens", default=common.env("SECAGG_WORKER_TOKENS"),
+                   required=common.env("SECAGG_WORKER_TOKENS") is None)
+    asyncio.run(serve(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
