@@ -59,6 +59,7 @@ def env(name: str, default: str | None = None) -> str | None:
 @dataclass
 class CommonSettings:
     listen: str
+    control_listen: str | None
     mpc_addr: str
     mpc_port: int
     mpc_timeout_s: float
@@ -69,7 +70,10 @@ class CommonSettings:
 
 def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
     """Every flag also reads an environment variable (the compose file sets those)."""
-    p.add_argument("--listen", default=env("SECAGG_LISTEN", default_listen))
+    p.add_argument("--listen", default=env("SECAGG_LISTEN", default_listen),
+                   help="worker-facing address (TLS with server authentication)")
+    p.add_argument("--control-listen", default=env("SECAGG_CONTROL_LISTEN"),
+                   help="Peer/Admin address: mutual TLS required (only with --tls-dir)")
     p.add_argument("--mpc-addr", default=env("SECAGG_MPC_ADDR", "127.0.0.1"),
                    help="host of server A's MPC rendezvous (torch.distributed store)")
     p.add_argument("--mpc-port", type=int, default=int(env("SECAGG_MPC_PORT", "29500") or 29500))
@@ -92,6 +96,7 @@ def common_settings(args: argparse.Namespace, name: str) -> CommonSettings:
         token = Path(args.peer_token_file).read_text().strip()
     return CommonSettings(
         listen=args.listen,
+        control_listen=getattr(args, "control_listen", None),
         mpc_addr=args.mpc_addr,
         mpc_port=args.mpc_port,
         mpc_timeout_s=args.mpc_timeout,
@@ -106,14 +111,20 @@ def make_server(settings: CommonSettings) -> tuple[grpc.aio.Server, health.aio.H
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     if settings.tls is not None:
-        # client certificates are optional at the TLS layer (workers use tokens);
-        # Peer and Admin RPCs check the certificate identity themselves
-        creds = settings.tls.server_credentials(require_client_auth=False)
-        port = server.add_secure_port(settings.listen, creds)
+        # Workers authenticate by token on the worker port (server-auth TLS). Peer and
+        # Admin callers must come through the control port, whose handshake demands a
+        # client certificate from our CA; the RPCs then check its identity (CN).
+        ports = [(settings.listen, settings.tls.server_credentials(require_client_auth=False))]
+        if settings.control_listen:
+            ports.append((settings.control_listen,
+                          settings.tls.server_credentials(require_client_auth=True)))
+        for addr, creds in ports:
+            if server.add_secure_port(addr, creds) == 0:
+                raise SystemExit(f"cannot listen on {addr}: is the port in use?")
     else:
-        port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise SystemExit(f"cannot listen on {settings.listen}: is the port in use?")
+        for addr in filter(None, (settings.listen, settings.control_listen)):
+            if server.add_insecure_port(addr) == 0:
+                raise SystemExit(f"cannot listen on {addr}: is the port in use?")
     return server, hs
 
 

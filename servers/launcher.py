@@ -45,6 +45,16 @@ class LocalDeployment:
         return f"{self.host}:{self.ports['server-b']}"
 
     @property
+    def control_a(self) -> str:
+        """Where the operator (Admin) reaches server A."""
+        return f"{self.host}:{self.ports['server-a-control']}"
+
+    @property
+    def control_b(self) -> str:
+        """Where server A (Peer) reaches server B."""
+        return f"{self.host}:{self.ports['server-b-control']}"
+
+    @property
     def pki(self) -> Path:
         return self.workdir / "pki"
 
@@ -68,7 +78,8 @@ class LocalDeployment:
             p.write_text(secrets.token_urlsafe(32))
             p.chmod(0o600)
         self.admin_token = (self.workdir / "admin-token").read_text()
-        for name in ("server-a", "server-b", "dealer", "mpc"):
+        for name in ("server-a", "server-b", "dealer", "mpc", "server-a-control",
+                     "server-b-control"):
             self.ports[name] = free_port()
 
     def command(self, name: str) -> list[str]:
@@ -82,8 +93,10 @@ class LocalDeployment:
             args += ["--tls-dir", str(self.pki)]
         else:
             args += ["--peer-token-file", str(self.workdir / "peer-token")]
+        if name in ("server-a", "server-b"):
+            args += ["--control-listen", f"{self.host}:{self.ports[name + '-control']}"]
         if name == "server-a":
-            args += ["--peer", self.addr_b, "--worker-tokens",
+            args += ["--peer", self.control_b, "--worker-tokens",
                      str(self.workdir / "worker-tokens.json"),
                      "--admin-token-file", str(self.workdir / "admin-token")]
         if name == "server-b":
