@@ -141,13 +141,12 @@ def _scores(D: np.ndarray, k: int) -> np.ndarray:
     off.sort(axis=1)
     nearest = off[:, :k]
     if D.dtype.kind == "i" and nearest.size:
-        # D >= 0 was checked, so max * k bounds every score; int64 must not wrap silently
+        # D >= 0 was checked, so max * k bounds every score. Past int64, sum exact Python
+        # integers instead of failing: a Byzantine vector at the norm bound must not be
+        # able to abort the round by overflowing a score.
         top = int(nearest.max())
         if top * k > _INT64_MAX:
-            raise RuleError(
-                f"krum scores need k * max(D) <= 2^63-1, got k={k}, max(D)={top}: "
-                "use a smaller fixed-point scale"
-            )
+            return np.array([sum(int(v) for v in row) for row in nearest], dtype=object)
     return nearest.sum(axis=1)
 
 
@@ -173,7 +172,8 @@ def krum_scores(D: np.ndarray, f: int, *, neighbours: int | None = None) -> np.n
     Returns
     -------
     np.ndarray
-        Shape (n,), int64 for integer D (exact) and float64 for floating D.
+        Shape (n,), int64 for integer D (exact; Python ints in an object array when a
+        score would exceed int64) and float64 for floating D.
 
     Raises
     ------
