@@ -70,19 +70,35 @@ class CommonSettings:
 
 def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
     """Every flag also reads an environment variable (the compose file sets those)."""
-    p.add_argument("--listen", default=env("SECAGG_LISTEN", default_listen),
-                   help="worker-facing address (TLS with server authentication)")
-    p.add_argument("--control-listen", default=env("SECAGG_CONTROL_LISTEN"),
-                   help="Peer/Admin address: mutual TLS required (only with --tls-dir)")
-    p.add_argument("--mpc-addr", default=env("SECAGG_MPC_ADDR", "127.0.0.1"),
-                   help="host of server A's MPC rendezvous (torch.distributed store)")
+    p.add_argument(
+        "--listen",
+        default=env("SECAGG_LISTEN", default_listen),
+        help="worker-facing address (TLS with server authentication)",
+    )
+    p.add_argument(
+        "--control-listen",
+        default=env("SECAGG_CONTROL_LISTEN"),
+        help="Peer/Admin address: mutual TLS required (only with --tls-dir)",
+    )
+    p.add_argument(
+        "--mpc-addr",
+        default=env("SECAGG_MPC_ADDR", "127.0.0.1"),
+        help="host of server A's MPC rendezvous (torch.distributed store)",
+    )
     p.add_argument("--mpc-port", type=int, default=int(env("SECAGG_MPC_PORT", "29500") or 29500))
-    p.add_argument("--mpc-timeout", type=float,
-                   default=float(env("SECAGG_MPC_TIMEOUT_S", "300") or 300))
-    p.add_argument("--tls-dir", default=env("SECAGG_TLS_DIR"),
-                   help="directory with ca.pem, NAME.pem, NAME.key (secagg certs makes them)")
-    p.add_argument("--peer-token-file", default=env("SECAGG_PEER_TOKEN_FILE"),
-                   help="shared secret A presents to B when TLS is off")
+    p.add_argument(
+        "--mpc-timeout", type=float, default=float(env("SECAGG_MPC_TIMEOUT_S", "300") or 300)
+    )
+    p.add_argument(
+        "--tls-dir",
+        default=env("SECAGG_TLS_DIR"),
+        help="directory with ca.pem, NAME.pem, NAME.key (secagg certs makes them)",
+    )
+    p.add_argument(
+        "--peer-token-file",
+        default=env("SECAGG_PEER_TOKEN_FILE"),
+        help="shared secret A presents to B when TLS is off",
+    )
     p.add_argument("--log-level", default=env("SECAGG_LOG_LEVEL", "INFO"))
 
 
@@ -90,7 +106,9 @@ def common_settings(args: argparse.Namespace, name: str) -> CommonSettings:
     tls = None
     if args.tls_dir:
         d = Path(args.tls_dir)
-        tls = transport.TlsConfig(ca_cert=d / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
+        tls = transport.TlsConfig(
+            ca_cert=d / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key"
+        )
     token = None
     if args.peer_token_file:
         token = Path(args.peer_token_file).read_text().strip()
@@ -116,8 +134,9 @@ def make_server(settings: CommonSettings) -> tuple[grpc.aio.Server, health.aio.H
         # client certificate from our CA; the RPCs then check its identity (CN).
         ports = [(settings.listen, settings.tls.server_credentials(require_client_auth=False))]
         if settings.control_listen:
-            ports.append((settings.control_listen,
-                          settings.tls.server_credentials(require_client_auth=True)))
+            ports.append(
+                (settings.control_listen, settings.tls.server_credentials(require_client_auth=True))
+            )
         for addr, creds in ports:
             if server.add_secure_port(addr, creds) == 0:
                 raise SystemExit(f"cannot listen on {addr}: is the port in use?")
@@ -191,3 +210,98 @@ async def require_identity(
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# ------------------------------------------------------------ service registration
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the handler can answer."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.message = (
+            f"malformed {type_name} message ({type(error).__name__}): the bytes are not a "
+            "valid protobuf of this RPC's request type; use the stubs generated from "
+            "proto/secagg/v1/secagg.proto"
+        )
+
+
+def _safe_deserializer(cls: Any):  # noqa: ANN202
+    def parse(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except Exception as exc:  # DecodeError, RecursionError on hostile nesting, ...
+            return _Malformed(cls.DESCRIPTOR.full_name, exc)
+
+    return parse
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: str) -> None:
+    """Register ``servicer`` for ``secagg.v1.<service>`` with requests parsed by us.
+
+    The generated ``add_*Servicer_to_server`` lets gRPC parse request bytes, and a
+    parse failure then surfaces as UNKNOWN with no explanation. Here a malformed
+    request reaches the handler as :class:`_Malformed` and is answered with
+    INVALID_ARGUMENT and a message saying what is wrong.
+    """
+    from google.protobuf import message_factory
+
+    from secagg.v1 import secagg_pb2
+
+    desc = secagg_pb2.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for m in desc.methods:
+        req_cls = message_factory.GetMessageClass(m.input_type)
+        resp_cls = message_factory.GetMessageClass(m.output_type)
+        behaviour = getattr(servicer, m.name)
+        kwargs = {
+            "request_deserializer": _safe_deserializer(req_cls),
+            "response_serializer": resp_cls.SerializeToString,
+        }
+        if m.client_streaming and not m.server_streaming:
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(
+                _checked_stream(behaviour), **kwargs
+            )
+        elif m.server_streaming and not m.client_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                _checked_unary_stream(behaviour), **kwargs
+            )
+        elif not m.client_streaming and not m.server_streaming:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                _checked_unary(behaviour), **kwargs
+            )
+        else:  # pragma: no cover - the contract has no bidi RPC
+            raise NotImplementedError(m.full_name)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(desc.full_name, handlers),)
+    )
+
+
+def _checked_unary(fn):  # noqa: ANN001, ANN202
+    async def call(request, context):  # noqa: ANN001, ANN202
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await fn(request, context)
+
+    return call
+
+
+def _checked_unary_stream(fn):  # noqa: ANN001, ANN202
+    async def call(request, context):  # noqa: ANN001, ANN202
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        async for item in fn(request, context):
+            yield item
+
+    return call
+
+
+def _checked_stream(fn):  # noqa: ANN001, ANN202
+    async def call(request_iterator, context):  # noqa: ANN001, ANN202
+        async def checked():  # noqa: ANN202
+            async for item in request_iterator:
+                if isinstance(item, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
+                yield item
+
+        return await fn(checked(), context)
+
+    return call

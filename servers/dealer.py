@@ -28,13 +28,15 @@ def main(argv: list[str] | None = None) -> None:
     settings = common.common_settings(args, "dealer")
     common.setup_logging(settings.log_level)
     # a small threaded gRPC server only for the standard health service
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
-                         options=transport.server_options())
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=transport.server_options()
+    )
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     if settings.tls is not None:
-        server.add_secure_port(settings.listen,
-                               settings.tls.server_credentials(require_client_auth=False))
+        server.add_secure_port(
+            settings.listen, settings.tls.server_credentials(require_client_auth=False)
+        )
     else:
         server.add_insecure_port(settings.listen)
     hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

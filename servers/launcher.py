@@ -78,17 +78,35 @@ class LocalDeployment:
             p.write_text(secrets.token_urlsafe(32))
             p.chmod(0o600)
         self.admin_token = (self.workdir / "admin-token").read_text()
-        for name in ("server-a", "server-b", "dealer", "mpc", "server-a-control",
-                     "server-b-control"):
+        for name in (
+            "server-a",
+            "server-b",
+            "dealer",
+            "mpc",
+            "server-a-control",
+            "server-b-control",
+        ):
             self.ports[name] = free_port()
 
     def command(self, name: str) -> list[str]:
-        module = {"server-a": "servers.server_a", "server-b": "servers.server_b",
-                  "dealer": "servers.dealer"}[name]
-        args = [sys.executable, "-m", module,
-                "--listen", f"{self.host}:{self.ports[name]}",
-                "--mpc-addr", self.host, "--mpc-port", str(self.ports["mpc"]),
-                "--mpc-timeout", str(self.mpc_timeout_s)]
+        module = {
+            "server-a": "servers.server_a",
+            "server-b": "servers.server_b",
+            "dealer": "servers.dealer",
+        }[name]
+        args = [
+            sys.executable,
+            "-m",
+            module,
+            "--listen",
+            f"{self.host}:{self.ports[name]}",
+            "--mpc-addr",
+            self.host,
+            "--mpc-port",
+            str(self.ports["mpc"]),
+            "--mpc-timeout",
+            str(self.mpc_timeout_s),
+        ]
         if self.tls:
             args += ["--tls-dir", str(self.pki)]
         else:
@@ -96,9 +114,14 @@ class LocalDeployment:
         if name in ("server-a", "server-b"):
             args += ["--control-listen", f"{self.host}:{self.ports[name + '-control']}"]
         if name == "server-a":
-            args += ["--peer", self.control_b, "--worker-tokens",
-                     str(self.workdir / "worker-tokens.json"),
-                     "--admin-token-file", str(self.workdir / "admin-token")]
+            args += [
+                "--peer",
+                self.control_b,
+                "--worker-tokens",
+                str(self.workdir / "worker-tokens.json"),
+                "--admin-token-file",
+                str(self.workdir / "admin-token"),
+            ]
         if name == "server-b":
             args += ["--worker-tokens", str(self.workdir / "worker-tokens.json")]
         return args
@@ -113,7 +136,8 @@ class LocalDeployment:
         for name in ("server-a", "server-b", "dealer"):
             out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[name] = subprocess.Popen(
-                self.command(name), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                self.command(name), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         self.wait_healthy(wait_s)
 
     def health(self, name: str, timeout_s: float = 2.0) -> bool:
@@ -122,7 +146,8 @@ class LocalDeployment:
         with transport.make_channel(target, tls) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+                )
             except grpc.RpcError:
                 return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING
@@ -136,13 +161,15 @@ class LocalDeployment:
                 if proc.poll() is not None:
                     raise RuntimeError(
                         f"{name} exited with code {proc.returncode}; see "
-                        f"{self.workdir / 'logs' / (name + '.log')}")
+                        f"{self.workdir / 'logs' / (name + '.log')}"
+                    )
                 if self.health(name):
                     pending.discard(name)
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{sorted(pending)} not healthy after {wait_s:.0f} s; see the logs in "
-                    f"{self.workdir / 'logs'}")
+                    f"{self.workdir / 'logs'}"
+                )
             if pending:
                 time.sleep(0.2)
 

@@ -42,8 +42,14 @@ class Outcome:
 
 
 class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
-    def __init__(self, settings: common.CommonSettings, tokens: transport.TokenStore,
-                 peer: str, admin_token: str | None, phase_timeout_s: float) -> None:
+    def __init__(
+        self,
+        settings: common.CommonSettings,
+        tokens: transport.TokenStore,
+        peer: str,
+        admin_token: str | None,
+        phase_timeout_s: float,
+    ) -> None:
         self.settings = settings
         self.tokens = tokens
         self.book = RoundBook(workers=tokens.worker_ids, server="server-a")
@@ -68,9 +74,11 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start_mpc(self) -> None:
-        ep = mpc.MpcEndpoint("0.0.0.0" if self.settings.mpc_addr in ("", "0.0.0.0") else
-                             self.settings.mpc_addr, self.settings.mpc_port,
-                             self.settings.mpc_timeout_s)
+        ep = mpc.MpcEndpoint(
+            "0.0.0.0" if self.settings.mpc_addr in ("", "0.0.0.0") else self.settings.mpc_addr,
+            self.settings.mpc_port,
+            self.settings.mpc_timeout_s,
+        )
         log.info('{"event": "mpc_starting", "rank": 0}')
         self.session = await self._mpc(mpc.MpcSession, mpc.RANK_A, ep)
         log.info('{"event": "mpc_ready", "rank": 0}')
@@ -79,14 +87,18 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         md = common.metadata(context)
         wid = md.get("x-secagg-worker", "")
         auth = md.get("authorization", "")
-        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         if not wid or not self.tokens.verify(wid, token):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "unknown worker or wrong token: check x-secagg-worker and "
-                                "the bearer token your operator issued")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unknown worker or wrong token: check x-secagg-worker and "
+                "the bearer token your operator issued",
+            )
         if claimed != wid:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"authenticated as {wid!r} but submitting for {claimed!r}")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"authenticated as {wid!r} but submitting for {claimed!r}",
+            )
 
     def _round(self, round_id: str) -> Round:
         return self.book.get(round_id)
@@ -99,11 +111,13 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             if request.dim != rnd.config.dim:
                 raise transport.ProtocolError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"dim {request.dim} does not match the round's {rnd.config.dim}")
+                    f"dim {request.dim} does not match the round's {rnd.config.dim}",
+                )
             if len(request.seed) != sharing.SEED_BYTES:
                 raise transport.ProtocolError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"a seed is exactly {sharing.SEED_BYTES} bytes, got {len(request.seed)}")
+                    f"a seed is exactly {sharing.SEED_BYTES} bytes, got {len(request.seed)}",
+                )
             receipt = rnd.submit(request.worker_id, request.submission_id, bytes(request.seed))
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
@@ -111,8 +125,10 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             raise
 
     async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "server A takes seeds (SubmitSeed); send the share vector to server B")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "server A takes seeds (SubmitSeed); send the share vector to server B",
+        )
 
     async def GetRoundStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
         try:
@@ -129,34 +145,44 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             raise
         if rnd.state is not RoundState.DONE:
             why = f": {rnd.failure_reason}" if rnd.state is RoundState.FAILED else ""
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"round {rnd.round_id!r} is {rnd.state.value}{why}; poll "
-                                "GetRoundStatus until it is done")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"round {rnd.round_id!r} is {rnd.state.value}{why}; poll "
+                "GetRoundStatus until it is done",
+            )
         out = self.outcomes[rnd.round_id]
         assert out.aggregate is not None
         data = out.aggregate.astype("<f8").tobytes()
         header = pb.AggregateHeader(
-            round_id=rnd.round_id, dim=rnd.config.dim, rule=rnd.config.rule.to_proto(),
-            selected=list(rnd.selected), divisor=float(out.divisor),
-            scale=rnd.config.scale, digest=hashlib.sha256(data).digest())
+            round_id=rnd.round_id,
+            dim=rnd.config.dim,
+            rule=rnd.config.rule.to_proto(),
+            selected=list(rnd.selected),
+            divisor=float(out.divisor),
+            scale=rnd.config.scale,
+            digest=hashlib.sha256(data).digest(),
+        )
         step = transport.MAX_CHUNK_BYTES
         for k, off in enumerate(range(0, max(len(data), 1), step)):
-            chunk = pb.AggregateChunk(offset=off // 8, data=data[off:off + step])
+            chunk = pb.AggregateChunk(offset=off // 8, data=data[off : off + step])
             if k == 0:
                 chunk.header.CopyFrom(header)
             yield chunk
 
     # -------------------------------------------------------------- Admin API
     async def _admin(self, context) -> None:  # noqa: ANN001
-        await common.require_identity(context, "admin", self.settings.tls is not None,
-                                      self.admin_token)
+        await common.require_identity(
+            context, "admin", self.settings.tls is not None, self.admin_token
+        )
 
     async def OpenRound(self, request: pb.RoundConfig, context) -> pb.RoundStatus:  # noqa: N802
         await self._admin(context)
         if self.session is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the MPC session is not up yet: check that server B and the "
-                                "dealer are running, then retry")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the MPC session is not up yet: check that server B and the "
+                "dealer are running, then retry",
+            )
         try:
             config = RoundConfig.from_proto(request)
             rnd = self.book.open(config)
@@ -167,8 +193,9 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             await self.peer.OpenRound(request, metadata=self._peer_md(), timeout=30)
         except grpc.aio.AioRpcError as exc:
             rnd.fail(f"server B refused or is unreachable: {exc.details()}")
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"server B did not accept the round: {exc.details()}")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"server B did not accept the round: {exc.details()}"
+            )
         if rnd.round_id not in self.tasks:
             self.outcomes[rnd.round_id] = Outcome()
             self.tasks[rnd.round_id] = asyncio.create_task(self._coordinate(rnd))
@@ -190,13 +217,15 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             raise
         out = self.outcomes.get(rnd.round_id, Outcome())
         dist = [] if out.distances is None else out.distances.ravel().tolist()
-        return pb.RoundReport(status=rnd.to_proto(), distances=dist,
-                              selected_indices=out.selected_idx)
+        return pb.RoundReport(
+            status=rnd.to_proto(), distances=dist, selected_indices=out.selected_idx
+        )
 
     # ------------------------------------------------------------ coordinator
     async def _peer_received(self, round_id: str) -> int:
-        st = await self.peer.GetPeerStatus(pb.RoundRef(round_id=round_id),
-                                           metadata=self._peer_md(), timeout=10)
+        st = await self.peer.GetPeerStatus(
+            pb.RoundRef(round_id=round_id), metadata=self._peer_md(), timeout=10
+        )
         return int(st.received)
 
     async def _coordinate(self, rnd: Round) -> None:
@@ -207,17 +236,21 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     return
                 if rnd.ready_to_fix():
                     if rnd.deadline_passed() or (
-                        await self._peer_received(rid) >= rnd.config.effective_quorum):
+                        await self._peer_received(rid) >= rnd.config.effective_quorum
+                    ):
                         break
                 await asyncio.sleep(0.05)
             holdings = rnd.holdings()  # worker -> submission id
-            req = pb.ParticipantsRequest(round_id=rid, entries=[
-                pb.ParticipantEntry(worker_id=w, submission_id=s) for w, s in holdings.items()])
+            req = pb.ParticipantsRequest(
+                round_id=rid,
+                entries=[
+                    pb.ParticipantEntry(worker_id=w, submission_id=s) for w, s in holdings.items()
+                ],
+            )
             try:
                 reply = await self.peer.FixParticipants(req, metadata=self._peer_md(), timeout=30)
             except grpc.aio.AioRpcError as exc:
-                raise RuntimeError(f"server B could not fix participants: {exc.details()}") \
-                    from exc
+                raise RuntimeError(f"server B could not fix participants: {exc.details()}") from exc
             participants = rnd.fix_participants(list(reply.participants))
             async with self.mpc_lock:
                 await self._run_2pc(rnd, participants)
@@ -232,18 +265,24 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
 
     async def _fail_peer(self, rid: str, reason: str) -> None:
         try:
-            await self.peer.FailRound(pb.FailRequest(round_id=rid, reason=reason),
-                                      metadata=self._peer_md(), timeout=10)
+            await self.peer.FailRound(
+                pb.FailRequest(round_id=rid, reason=reason), metadata=self._peer_md(), timeout=10
+            )
         except grpc.aio.AioRpcError:
             pass
 
-    async def _phase(self, rnd: Round, phase: int, participants: list[str],
-                     selected: list[int], fn, *args):  # noqa: ANN001, ANN202
+    async def _phase(
+        self, rnd: Round, phase: int, participants: list[str], selected: list[int], fn, *args
+    ):  # noqa: ANN001, ANN202
         """Run one 2PC phase: B's half through the Peer RPC, A's half on the MPC thread."""
-        req = pb.PhaseRequest(round_id=rnd.round_id, phase=phase, participants=participants,
-                              selected=selected, session_id=uuid.uuid4().hex)
-        peer_call = self.peer.RunPhase(req, metadata=self._peer_md(),
-                                       timeout=self.phase_timeout_s)
+        req = pb.PhaseRequest(
+            round_id=rnd.round_id,
+            phase=phase,
+            participants=participants,
+            selected=selected,
+            session_id=uuid.uuid4().hex,
+        )
+        peer_call = self.peer.RunPhase(req, metadata=self._peer_md(), timeout=self.phase_timeout_s)
         mine = self._mpc(fn, *args)
         reply, result = await asyncio.gather(peer_call, mine)
         return reply, result
@@ -256,30 +295,37 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         plan.validate(n)
         t0 = time.perf_counter()
         share = await asyncio.get_running_loop().run_in_executor(
-            None, _expand_seeds, [rnd.submission(w).payload for w in participants], cfg.dim)
+            None, _expand_seeds, [rnd.submission(w).payload for w in participants], cfg.dim
+        )
         rnd.record_phase("expand_seeds", seconds=time.perf_counter() - t0)
         self.session.reset_traffic()
         out = self.outcomes[rnd.round_id]
         distances = None
         if cfg.rule is not Rule.MEAN:
             rnd.start_distances()
-            _, distances = await self._phase(rnd, pb.PHASE_DISTANCES, participants, [],
-                                             self.session.sq_distances, share)
+            _, distances = await self._phase(
+                rnd, pb.PHASE_DISTANCES, participants, [], self.session.sq_distances, share
+            )
             rnd.start_selection()
             out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
         selected = protocol.choose(plan, distances, n)
         out.selected_idx = selected
         rnd.start_reveal([participants[i] for i in selected])
         phase = PHASE_OF_RULE.get(cfg.rule, pb.PHASE_REVEAL)
-        _, total = await self._phase(rnd, phase, participants, selected,
-                                     protocol.reveal, self.session, share, plan, selected)
+        _, total = await self._phase(
+            rnd, phase, participants, selected, protocol.reveal, self.session, share, plan, selected
+        )
         out.divisor = plan.divisor(n, selected)
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
         tr = self.session.traffic
         for name, secs in tr.seconds.items():
-            rnd.record_phase(f"mpc.{name}", seconds=secs, bytes_sent=tr.bytes_sent.get(name, 0),
-                             comm_rounds=tr.rounds.get(name, 0),
-                             dealer_bytes=tr.dealer_bytes.get(name, 0))
+            rnd.record_phase(
+                f"mpc.{name}",
+                seconds=secs,
+                bytes_sent=tr.bytes_sent.get(name, 0),
+                comm_rounds=tr.rounds.get(name, 0),
+                dealer_bytes=tr.dealer_bytes.get(name, 0),
+            )
         rnd.finish()
 
     async def close(self) -> None:
@@ -301,12 +347,11 @@ async def serve(args: argparse.Namespace) -> None:
     settings = common.common_settings(args, "server-a")
     common.setup_logging(settings.log_level)
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
-    admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file \
-        else None
+    admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
     server, hs = common.make_server(settings)
     svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
-    pbg.add_WorkerServicer_to_server(svc, server)
-    pbg.add_AdminServicer_to_server(svc, server)
+    common.add_service(server, svc, "Worker")
+    common.add_service(server, svc, "Admin")
     await common.set_health(hs, False)
     await server.start()
     log.info('{"event": "listening", "server": "server-a", "addr": "%s"}', settings.listen)
@@ -322,14 +367,23 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="secagg-server-a", description=__doc__)
     common.add_common_args(p, "127.0.0.1:50051")
-    p.add_argument("--peer", default=common.env("SECAGG_PEER", "127.0.0.1:50052"),
-                   help="server B's gRPC address")
-    p.add_argument("--worker-tokens", default=common.env("SECAGG_WORKER_TOKENS"),
-                   required=common.env("SECAGG_WORKER_TOKENS") is None,
-                   help="JSON file of worker id -> sha256 of its token")
+    p.add_argument(
+        "--peer",
+        default=common.env("SECAGG_PEER", "127.0.0.1:50052"),
+        help="server B's gRPC address",
+    )
+    p.add_argument(
+        "--worker-tokens",
+        default=common.env("SECAGG_WORKER_TOKENS"),
+        required=common.env("SECAGG_WORKER_TOKENS") is None,
+        help="JSON file of worker id -> sha256 of its token",
+    )
     p.add_argument("--admin-token-file", default=common.env("SECAGG_ADMIN_TOKEN_FILE"))
-    p.add_argument("--phase-timeout", type=float,
-                   default=float(common.env("SECAGG_PHASE_TIMEOUT_S", "600") or 600))
+    p.add_argument(
+        "--phase-timeout",
+        type=float,
+        default=float(common.env("SECAGG_PHASE_TIMEOUT_S", "600") or 600),
+    )
     asyncio.run(serve(p.parse_args(argv)))
 
 

@@ -39,8 +39,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start_mpc(self) -> None:
-        ep = mpc.MpcEndpoint(self.settings.mpc_addr, self.settings.mpc_port,
-                             self.settings.mpc_timeout_s)
+        ep = mpc.MpcEndpoint(
+            self.settings.mpc_addr, self.settings.mpc_port, self.settings.mpc_timeout_s
+        )
         log.info('{"event": "mpc_starting", "rank": 1}')
         self.session = await self._mpc(mpc.MpcSession, mpc.RANK_B, ep)
         log.info('{"event": "mpc_ready", "rank": 1}')
@@ -49,24 +50,31 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         md = common.metadata(context)
         wid = md.get("x-secagg-worker", "")
         auth = md.get("authorization", "")
-        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         if not wid or not self.tokens.verify(wid, token):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "unknown worker or wrong token: check x-secagg-worker and "
-                                "the bearer token your operator issued")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unknown worker or wrong token: check x-secagg-worker and "
+                "the bearer token your operator issued",
+            )
         if claimed is not None and claimed != wid:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"authenticated as {wid!r} but submitting for {claimed!r}")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"authenticated as {wid!r} but submitting for {claimed!r}",
+            )
         return wid
 
     async def _peer(self, context) -> None:  # noqa: ANN001
-        await common.require_identity(context, "server-a", self.settings.tls is not None,
-                                      self.settings.peer_token)
+        await common.require_identity(
+            context, "server-a", self.settings.tls is not None, self.settings.peer_token
+        )
 
     # ------------------------------------------------------------- Worker API
     async def SubmitSeed(self, request, context):  # noqa: N802, ANN001
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "server B takes share vectors (SubmitShare); send the seed to A")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "server B takes share vectors (SubmitShare); send the seed to A",
+        )
 
     async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
         wid = await self._worker(context)
@@ -80,27 +88,30 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                     if header.worker_id != wid:
                         await context.abort(
                             grpc.StatusCode.PERMISSION_DENIED,
-                            f"authenticated as {wid!r} but submitting for {header.worker_id!r}")
+                            f"authenticated as {wid!r} but submitting for {header.worker_id!r}",
+                        )
                     rnd = self.book.get(header.round_id)
                     if header.dim != rnd.config.dim:
                         raise transport.ProtocolError(
                             grpc.StatusCode.INVALID_ARGUMENT,
-                            f"dim {header.dim} does not match the round's {rnd.config.dim}")
+                            f"dim {header.dim} does not match the round's {rnd.config.dim}",
+                        )
                     assembler = transport.ChunkAssembler(rnd.config.dim)
                 elif (chunk.round_id and chunk.round_id != header.round_id) or (
-                        chunk.worker_id and chunk.worker_id != header.worker_id):
+                    chunk.worker_id and chunk.worker_id != header.worker_id
+                ):
                     raise transport.ProtocolError(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        "a later chunk names another round or worker: one stream carries "
-                        "one share")
+                        "a later chunk names another round or worker: one stream carries one share",
+                    )
                 assert assembler is not None
                 assembler.add(chunk.offset, chunk.data)
             if header is None or assembler is None or rnd is None:
-                raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                              "empty stream: send at least one chunk")
+                raise transport.ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send at least one chunk"
+                )
             share = assembler.finish()
-            receipt = rnd.submit(wid, header.submission_id, share,
-                                 digest=payload_digest(share))
+            receipt = rnd.submit(wid, header.submission_id, share, digest=payload_digest(share))
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -114,8 +125,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             raise
 
     async def GetAggregate(self, request, context):  # noqa: N802, ANN001
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "fetch the aggregate from server A")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "fetch the aggregate from server A")
         yield pb.AggregateChunk()  # pragma: no cover - makes this an async generator
 
     # --------------------------------------------------------------- Peer API
@@ -135,10 +145,10 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         await self._peer(context)
         try:
             rnd = self.book.get(request.round_id)
-            chosen = rnd.fix_participants(
-                {e.worker_id: e.submission_id for e in request.entries})
-            return pb.ParticipantsReply(round_id=rnd.round_id, participants=chosen,
-                                        mismatched=list(rnd.mismatched))
+            chosen = rnd.fix_participants({e.worker_id: e.submission_id for e in request.entries})
+            return pb.ParticipantsReply(
+                round_id=rnd.round_id, participants=chosen, mismatched=list(rnd.mismatched)
+            )
         except (RoundError, ValueError) as exc:
             await common.abort_for(context, exc)
             raise
@@ -164,7 +174,8 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             if participants != list(rnd.participants):
                 raise transport.ProtocolError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    "the participant list differs from the one fixed with server B")
+                    "the participant list differs from the one fixed with server B",
+                )
             cfg = rnd.config
             n = len(participants)
             plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
@@ -180,33 +191,44 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 name = "distances"
             elif request.phase in (pb.PHASE_REVEAL, pb.PHASE_BULYAN_COORDINATE):
                 if (request.phase == pb.PHASE_BULYAN_COORDINATE) != (plan.rule == "bulyan"):
-                    raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                                  "phase does not match the round's rule")
+                    raise transport.ProtocolError(
+                        grpc.StatusCode.INVALID_ARGUMENT, "phase does not match the round's rule"
+                    )
                 if any(not 0 <= i < n for i in selected) or len(set(selected)) != len(selected):
-                    raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                                  "selection indices out of range or repeated")
+                    raise transport.ProtocolError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "selection indices out of range or repeated",
+                    )
                 if plan.rule == "mean":
                     self.session.reset_traffic()
                 rnd.start_reveal([participants[i] for i in selected])
                 total = await self._mpc(protocol.reveal, self.session, share, plan, selected)
                 self.aggregates[rnd.round_id] = encoding.decode(
-                    total, cfg.encoding_params(), plan.divisor(n, selected))
+                    total, cfg.encoding_params(), plan.divisor(n, selected)
+                )
                 name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
                 tr = self.session.traffic
                 for k, secs in tr.seconds.items():
-                    rnd.record_phase(f"mpc.{k}", seconds=secs,
-                                     bytes_sent=tr.bytes_sent.get(k, 0),
-                                     comm_rounds=tr.rounds.get(k, 0),
-                                     dealer_bytes=tr.dealer_bytes.get(k, 0))
+                    rnd.record_phase(
+                        f"mpc.{k}",
+                        seconds=secs,
+                        bytes_sent=tr.bytes_sent.get(k, 0),
+                        comm_rounds=tr.rounds.get(k, 0),
+                        dealer_bytes=tr.dealer_bytes.get(k, 0),
+                    )
                 rnd.finish()
             else:
-                raise transport.ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                              f"unknown phase {request.phase}")
+                raise transport.ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"unknown phase {request.phase}"
+                )
             tr = self.session.traffic
-            stats = pb.PhaseStats(phase=name, seconds=time.perf_counter() - t0,
-                                  bytes_sent=tr.bytes_sent.get(name, 0),
-                                  comm_rounds=tr.rounds.get(name, 0),
-                                  dealer_bytes=tr.dealer_bytes.get(name, 0))
+            stats = pb.PhaseStats(
+                phase=name,
+                seconds=time.perf_counter() - t0,
+                bytes_sent=tr.bytes_sent.get(name, 0),
+                comm_rounds=tr.rounds.get(name, 0),
+                dealer_bytes=tr.dealer_bytes.get(name, 0),
+            )
             return pb.PhaseReply(round_id=rnd.round_id, phase=request.phase, stats=stats)
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -223,8 +245,8 @@ async def serve(args: argparse.Namespace) -> None:
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     server, hs = common.make_server(settings)
     svc = ServerB(settings, tokens)
-    pbg.add_WorkerServicer_to_server(svc, server)
-    pbg.add_PeerServicer_to_server(svc, server)
+    common.add_service(server, svc, "Worker")
+    common.add_service(server, svc, "Peer")
     await common.set_health(hs, False)
     await server.start()
     log.info('{"event": "listening", "server": "server-b", "addr": "%s"}', settings.listen)
@@ -240,8 +262,11 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="secagg-server-b", description=__doc__)
     common.add_common_args(p, "127.0.0.1:50052")
-    p.add_argument("--worker-tokens", default=common.env("SECAGG_WORKER_TOKENS"),
-                   required=common.env("SECAGG_WORKER_TOKENS") is None)
+    p.add_argument(
+        "--worker-tokens",
+        default=common.env("SECAGG_WORKER_TOKENS"),
+        required=common.env("SECAGG_WORKER_TOKENS") is None,
+    )
     asyncio.run(serve(p.parse_args(argv)))
 
 

@@ -1,0 +1,110 @@
+"""The operator's client for server A's ``Admin`` service (open and list rounds).
+
+Server A's admin port requires mTLS; the operator's certificate CN ("admin" in the dev
+PKI) is what server A authorises. Used by the CLI and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+
+from clients.sdk import SecAggClientError, client_error_from_rpc
+from secagg.rounds import RoundConfig, RoundState
+from secagg.transport import TlsConfig, make_channel
+from secagg.v1 import secagg_pb2, secagg_pb2_grpc
+
+__all__ = ["AdminClient"]
+
+
+class AdminClient:
+    """Calls server A's Admin service.
+
+    Parameters
+    ----------
+    server_a
+        ``host:port`` of server A's admin endpoint.
+    tls
+        The operator's TLS material (CA, certificate, key); None for a plaintext
+        local setup.
+    timeout_s
+        Deadline of each call.
+    server_name
+        Name expected in server A's certificate if it differs from the host in
+        ``server_a``.
+    token
+        The operator's token, needed only when TLS is off (with TLS the admin
+        certificate is the identity).
+    """
+
+    def __init__(
+        self,
+        server_a: str,
+        tls: TlsConfig | None = None,
+        timeout_s: float = 30,
+        *,
+        server_name: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.timeout_s = float(timeout_s)
+        self._md = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = make_channel(server_a, tls, server_name=server_name)
+        self._stub = secagg_pb2_grpc.AdminStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open_round(self, config: RoundConfig | secagg_pb2.RoundConfig) -> secagg_pb2.RoundStatus:
+        """Open a round on server A (which forwards it to server B).
+
+        The configuration is validated locally first, so a bound violation is reported
+        without a round trip; the server validates it again.
+
+        Raises
+        ------
+        SecAggClientError
+            With the violated bound, or the server's refusal.
+        """
+        if isinstance(config, RoundConfig):
+            try:
+                # the dim cap is the server's to choose; everything else is universal
+                config.validate(max_dim=2**63 - 1)
+            except ValueError as exc:
+                raise SecAggClientError(f"invalid round configuration: {exc}") from None
+            msg = config.to_proto()
+        else:
+            msg = config
+        try:
+            return self._stub.OpenRound(msg, timeout=self.timeout_s, metadata=self._md)
+        except grpc.RpcError as exc:
+            raise client_error_from_rpc(exc, "server-a", "OpenRound") from None
+
+    def list_rounds(
+        self, states: Iterable[RoundState] = (), limit: int = 0
+    ) -> list[secagg_pb2.RoundStatus]:
+        """Rounds known to server A, newest first, optionally filtered by state."""
+        req = secagg_pb2.ListRoundsRequest(
+            states=[RoundState(s).to_proto() for s in states], limit=limit
+        )
+        try:
+            return list(
+                self._stub.ListRounds(req, timeout=self.timeout_s, metadata=self._md).rounds
+            )
+        except grpc.RpcError as exc:
+            raise client_error_from_rpc(exc, "server-a", "ListRounds") from None
+
+    def get_round_report(self, round_id: str) -> secagg_pb2.RoundReport:
+        """The round's status, the distance matrix server A saw, and the selection."""
+        try:
+            return self._stub.GetRoundReport(
+                secagg_pb2.RoundRef(round_id=round_id), timeout=self.timeout_s, metadata=self._md
+            )
+        except grpc.RpcError as exc:
+            raise client_error_from_rpc(exc, "server-a", "GetRoundReport") from None

@@ -1,0 +1,1129 @@
+"""The round state machine: configuration, submissions, participants, selection.
+
+Pure bookkeeping: no network, no CrypTen, no protobuf at import time. Both servers keep
+one :class:`RoundBook`; server A drives the transitions and mirrors them to server B
+over the ``Peer`` service. Every method is thread-safe (gRPC servicers call in from a
+thread pool).
+
+Life cycle (``proto/secagg/v1/secagg.proto``, enum ``RoundState``)::
+
+    OPEN -> COLLECTING -> PARTICIPANTS_FIXED -> DISTANCES -> SELECTION -> REVEAL -> DONE
+                          PARTICIPANTS_FIXED -> REVEAL          (rule "mean" only)
+    every non-terminal state -> FAILED
+
+Submission rules (the same on both servers; A stores 32-byte seeds, B share vectors):
+
+* only registered workers may submit (:class:`UnknownWorker`);
+* the first accepted payload of a worker wins: an identical retry (same SHA-256 digest)
+  gets the *same* receipt back, a different payload is refused
+  (:class:`ConflictingSubmission`);
+* nothing new is accepted once participants are fixed or the deadline has passed
+  (:class:`LateSubmission`), nor after the round failed (:class:`RoundFailed`);
+* a payload digest accepted before, in any round of this book or by another worker, is
+  refused (:class:`ReplayedSubmission`). On server A this also catches a reused seed —
+  though it cannot undo it: B then holds ``x1 - x2`` for the two vectors masked with
+  it, which is why the SDK draws a fresh seed for every submission.
+
+Logging: every state change and every submission outcome is one JSON line on the
+``secagg.rounds`` logger, with ids, counts and reasons only — never seeds, share bytes,
+digests or tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from secagg.v1 import secagg_pb2
+
+__all__ = [
+    "DEFAULT_MAX_DIM",
+    "ID_PATTERN",
+    "MIN_MEAN_PARTICIPANTS",
+    "SEED_BYTES",
+    "ConflictingSubmission",
+    "DigestRegistry",
+    "DuplicateRound",
+    "IllegalTransition",
+    "InvalidSubmission",
+    "LateSubmission",
+    "PhaseStats",
+    "ReplayedSubmission",
+    "Receipt",
+    "Round",
+    "RoundBook",
+    "RoundConfig",
+    "RoundError",
+    "RoundFailed",
+    "RoundState",
+    "Rule",
+    "Submission",
+    "UnknownRound",
+    "UnknownWorker",
+    "check_id",
+    "min_participants",
+    "payload_digest",
+]
+
+log = logging.getLogger("secagg.rounds")
+
+#: Largest vector a round may declare by default: 2^26 elements = 512 MiB per share.
+#: Server B holds n of them in memory, so deployments size this to their RAM.
+DEFAULT_MAX_DIM: int = 1 << 26
+
+#: Round and worker ids: short, printable, safe in logs, file names and DNS labels.
+ID_PATTERN: re.Pattern[str] = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+#: A mean over a single worker would open that worker's vector in the clear.
+MIN_MEAN_PARTICIPANTS: int = 2
+
+#: Server A's share is an AES-256-CTR key (``secagg.prg.KEY_BYTES``).
+SEED_BYTES: int = 32
+
+
+def _now_ms(clock: Callable[[], float]) -> int:
+    return int(clock() * 1000)
+
+
+def check_id(kind: str, value: object) -> str:
+    """Return ``value`` if it is a valid round/worker id, else raise ValueError.
+
+    Parameters
+    ----------
+    kind
+        What the id names ("round_id", "worker_id", ...), for the message.
+    value
+        The candidate id.
+    """
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{kind} {value!r} is not a valid id: use 1-128 characters from "
+            "[A-Za-z0-9._-], starting with a letter or digit"
+        )
+    return value
+
+
+# ----------------------------------------------------------------------------- enums
+
+
+class Rule(StrEnum):
+    """Aggregation rule; values are the names used by :mod:`secagg.rules`."""
+
+    MEAN = "mean"
+    KRUM = "krum"
+    MULTI_KRUM = "multi-krum"
+    BULYAN = "bulyan"
+
+    @classmethod
+    def parse(cls, value: str | Rule) -> Rule:
+        """Accept ``"multi-krum"``, ``"MULTI_KRUM"``, ``"multi_krum"`` or a Rule."""
+        if isinstance(value, Rule):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower().replace("_", "-")
+            if key.startswith("rule-"):  # the proto enum's value name
+                key = key[len("rule-") :]
+            for rule in cls:
+                if rule.value == key:
+                    return rule
+        raise ValueError(f"unknown rule {value!r}: expected one of {[r.value for r in cls]}")
+
+    def to_proto(self) -> int:
+        from secagg.v1 import secagg_pb2
+
+        return secagg_pb2.Rule.Value("RULE_" + self.name)
+
+    @classmethod
+    def from_proto(cls, value: int) -> Rule:
+        from secagg.v1 import secagg_pb2
+
+        name = secagg_pb2.Rule.Name(value)
+        if name == "RULE_UNSPECIFIED":
+            raise ValueError(
+                "rule is unset (RULE_UNSPECIFIED): choose mean, krum, multi-krum or bulyan"
+            )
+        return cls[name[len("RULE_") :]]
+
+
+class RoundState(StrEnum):
+    """State of a round; mirrors the proto enum ``RoundState`` (without its prefix)."""
+
+    OPEN = "open"
+    COLLECTING = "collecting"
+    PARTICIPANTS_FIXED = "participants_fixed"
+    DISTANCES = "distances"
+    SELECTION = "selection"
+    REVEAL = "reveal"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RoundState.DONE, RoundState.FAILED)
+
+    def to_proto(self) -> int:
+        from secagg.v1 import secagg_pb2
+
+        return secagg_pb2.RoundState.Value("ROUND_STATE_" + self.name)
+
+    @classmethod
+    def from_proto(cls, value: int) -> RoundState:
+        from secagg.v1 import secagg_pb2
+
+        name = secagg_pb2.RoundState.Name(value)
+        if name == "ROUND_STATE_UNSPECIFIED":
+            raise ValueError("round state is unset (ROUND_STATE_UNSPECIFIED)")
+        return cls[name[len("ROUND_STATE_") :]]
+
+
+_S = RoundState
+#: Legal transitions. FAILED is reachable from every non-terminal state (see
+#: :meth:`Round.fail`); the mean's shortcut PARTICIPANTS_FIXED -> REVEAL is checked
+#: against the rule in :meth:`Round.transition`.
+ALLOWED_TRANSITIONS: Mapping[RoundState, frozenset[RoundState]] = {
+    _S.OPEN: frozenset({_S.COLLECTING, _S.FAILED}),
+    _S.COLLECTING: frozenset({_S.PARTICIPANTS_FIXED, _S.FAILED}),
+    _S.PARTICIPANTS_FIXED: frozenset({_S.DISTANCES, _S.REVEAL, _S.FAILED}),
+    _S.DISTANCES: frozenset({_S.SELECTION, _S.FAILED}),
+    _S.SELECTION: frozenset({_S.REVEAL, _S.FAILED}),
+    _S.REVEAL: frozenset({_S.DONE, _S.FAILED}),
+    _S.DONE: frozenset(),
+    _S.FAILED: frozenset(),
+}
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class RoundError(Exception):
+    """A request the round state machine refuses.
+
+    Attributes
+    ----------
+    code : str
+        The gRPC status code name a server should answer with (``grpc.StatusCode[code]``);
+        a string so that this module does not import grpc.
+    message : str
+        What happened and what the caller should do; safe to send to the client.
+    """
+
+    code: ClassVar[str] = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnknownRound(RoundError):
+    code = "NOT_FOUND"
+
+
+class DuplicateRound(RoundError):
+    code = "ALREADY_EXISTS"
+
+
+class UnknownWorker(RoundError):
+    code = "PERMISSION_DENIED"
+
+
+class InvalidSubmission(RoundError):
+    code = "INVALID_ARGUMENT"
+
+
+class ConflictingSubmission(RoundError):
+    code = "ALREADY_EXISTS"
+
+
+class ReplayedSubmission(RoundError):
+    code = "ALREADY_EXISTS"
+
+
+class LateSubmission(RoundError):
+    code = "FAILED_PRECONDITION"
+
+
+class RoundFailed(RoundError):
+    code = "FAILED_PRECONDITION"
+
+
+class IllegalTransition(RoundError):
+    code = "FAILED_PRECONDITION"
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def min_participants(rule: Rule | str, f: int) -> int:
+    """Fewest participants ``rule`` accepts with ``f`` Byzantine workers.
+
+    Krum and Multi-Krum need ``n >= 2f+3``, Bulyan ``n >= 4f+3`` (``secagg.rules``);
+    the mean needs :data:`MIN_MEAN_PARTICIPANTS` so that no single vector is opened.
+    """
+    r = Rule.parse(rule)
+    if r in (Rule.KRUM, Rule.MULTI_KRUM):
+        return 2 * f + 3
+    if r is Rule.BULYAN:
+        return 4 * f + 3
+    return MIN_MEAN_PARTICIPANTS
+
+
+def _is_int(v: object) -> bool:
+    # bool is an int subclass; n_expected=True is a bug, not 1
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundConfig:
+    """Configuration of one round; mirrors the proto message ``RoundConfig``.
+
+    Parameters
+    ----------
+    round_id : str
+        Unique id (:data:`ID_PATTERN`).
+    n_expected : int
+        Workers invited.
+    f : int
+        Byzantine workers tolerated.
+    rule : Rule or str
+        ``mean``, ``krum``, ``multi-krum`` or ``bulyan``.
+    dim : int
+        Vector length.
+    scale, coord_bound, norm_bound : float
+        Encoding parameters (:class:`secagg.encoding.EncodingParams`).
+    m : int, default 0
+        Multi-Krum's m; 0 means the default ``n - f - 2`` of the actual participants.
+        Must be 0 for the other rules.
+    quorum : int, default 0
+        Participants that let the round start before the deadline; 0 means
+        ``n_expected``.
+    deadline_unix_ms : int
+        Collection closes at this time (milliseconds since the epoch).
+    """
+
+    round_id: str
+    n_expected: int
+    f: int
+    rule: Rule
+    dim: int
+    scale: float = 1.0
+    coord_bound: float
+    norm_bound: float
+    m: int = 0
+    quorum: int = 0
+    deadline_unix_ms: int
+
+    def __post_init__(self) -> None:
+        # normalise so that equal configs compare equal (idempotent OpenRound retries)
+        object.__setattr__(self, "rule", Rule.parse(self.rule))
+        for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms"):
+            v = getattr(self, name)
+            if _is_int(v):
+                object.__setattr__(self, name, int(v))
+        for name in ("scale", "coord_bound", "norm_bound"):
+            v = getattr(self, name)
+            if _is_int(v) or isinstance(v, (float, np.floating)):
+                object.__setattr__(self, name, float(v))
+
+    # -------------------------------------------------------------- derived values
+    @property
+    def min_participants(self) -> int:
+        """Fewest participants the rule accepts (:func:`min_participants`)."""
+        return min_participants(self.rule, self.f)
+
+    @property
+    def effective_quorum(self) -> int:
+        return self.quorum or self.n_expected
+
+    def effective_m(self, n: int) -> int | None:
+        """Multi-Krum's m for ``n`` actual participants; None for the other rules."""
+        if self.rule is not Rule.MULTI_KRUM:
+            return None
+        return self.m or n - self.f - 2
+
+    def encoding_params(self) -> Any:
+        """The round's :class:`secagg.encoding.EncodingParams`."""
+        from secagg.encoding import EncodingParams
+
+        return EncodingParams(
+            scale=self.scale, coord_bound=self.coord_bound, norm_bound=self.norm_bound
+        )
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, *, now_ms: int | None = None, max_dim: int = DEFAULT_MAX_DIM) -> None:
+        """Check every bound; raise ValueError naming the first violated one.
+
+        Parameters
+        ----------
+        now_ms
+            Current time for the deadline check; the system clock if None.
+        max_dim
+            Largest admissible ``dim`` for this deployment.
+
+        Raises
+        ------
+        ValueError
+            (or its subclass ``secagg.encoding.EncodingError`` for the ring headroom).
+        """
+        check_id("round_id", self.round_id)
+        for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        n, f = self.n_expected, self.f
+        if f < 0:
+            raise ValueError(f"f must be >= 0, got f={f}")
+        if n < 1:
+            raise ValueError(f"n_expected must be >= 1, got n_expected={n}")
+        need = self.min_participants
+        if n < need:
+            bound = {
+                Rule.KRUM: "n >= 2f+3",
+                Rule.MULTI_KRUM: "n >= 2f+3",
+                Rule.BULYAN: "n >= 4f+3",
+                Rule.MEAN: f"n >= {MIN_MEAN_PARTICIPANTS}",
+            }[self.rule]
+            raise ValueError(
+                f"{self.rule.value} needs {bound} = {need}, got n_expected={n}, f={f}: "
+                "invite more workers or lower f"
+            )
+        if self.rule is Rule.MULTI_KRUM:
+            if self.m != 0 and not 1 <= self.m <= n:
+                raise ValueError(
+                    f"multi-krum needs 1 <= m <= n = {n}, got m={self.m} "
+                    "(0 selects the default n - f - 2)"
+                )
+        elif self.m != 0:
+            raise ValueError(
+                f"{self.rule.value} takes no m (only multi-krum does), got m={self.m}: leave m at 0"
+            )
+        if self.quorum != 0 and not need <= self.quorum <= n:
+            raise ValueError(
+                f"quorum must be within [{need}, n_expected={n}] for {self.rule.value} "
+                f"with f={f}, got quorum={self.quorum} (0 means n_expected)"
+            )
+        if not 1 <= self.dim <= max_dim:
+            raise ValueError(f"dim must be within [1, {max_dim}], got dim={self.dim}")
+        for name in ("scale", "coord_bound", "norm_bound"):
+            v = getattr(self, name)
+            if not isinstance(v, float) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be positive and finite, got {name}={v!r}")
+        now = _now_ms(time.time) if now_ms is None else now_ms
+        if self.deadline_unix_ms <= now:
+            raise ValueError(
+                f"deadline_unix_ms={self.deadline_unix_ms} is not in the future "
+                f"(now {now}): set a later deadline"
+            )
+        # EncodingParams re-checks the bounds (norm_bound < 2^14.5) and check_headroom
+        # that no pairwise distance or opened sum can wrap around 2^63.
+        from secagg.encoding import check_headroom
+
+        check_headroom(self.encoding_params(), n, self.dim)
+
+    # ----------------------------------------------------------------- conversion
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rule"] = self.rule.value
+        return d
+
+    def to_proto(self) -> secagg_pb2.RoundConfig:
+        from secagg.v1 import secagg_pb2
+
+        d = self.to_dict()
+        d["rule"] = self.rule.to_proto()
+        return secagg_pb2.RoundConfig(**d)
+
+    @classmethod
+    def from_proto(cls, msg: secagg_pb2.RoundConfig) -> RoundConfig:
+        """Build from the wire message (not validated: call :meth:`validate`)."""
+        return cls(
+            round_id=msg.round_id,
+            n_expected=msg.n_expected,
+            f=msg.f,
+            rule=Rule.from_proto(msg.rule),
+            m=msg.m,
+            dim=msg.dim,
+            scale=msg.scale,
+            coord_bound=msg.coord_bound,
+            norm_bound=msg.norm_bound,
+            quorum=msg.quorum,
+            deadline_unix_ms=msg.deadline_unix_ms,
+        )
+
+
+# ------------------------------------------------------------------------ submissions
+
+
+def payload_digest(payload: bytes | np.ndarray) -> bytes:
+    """SHA-256 of a seed, or of a share vector as little-endian int64 bytes.
+
+    This is the digest in receipts; it equals ``sha256(share_to_bytes(share))``.
+    """
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(payload).digest()
+    arr = np.ascontiguousarray(payload, dtype="<i8")
+    return hashlib.sha256(memoryview(arr).cast("B")).digest()
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a server returns for an accepted submission (proto ``Receipt``)."""
+
+    round_id: str
+    worker_id: str
+    submission_id: str
+    digest: bytes
+    dim: int
+    accepted_unix_ms: int
+    server: str = ""
+
+    def to_proto(self) -> secagg_pb2.Receipt:
+        from secagg.v1 import secagg_pb2
+
+        return secagg_pb2.Receipt(**asdict(self))
+
+
+@dataclass(frozen=True, eq=False)
+class Submission:
+    """A stored submission. ``payload`` is the seed (bytes) or share (int64 array)."""
+
+    worker_id: str
+    submission_id: str
+    digest: bytes
+    payload: bytes | np.ndarray = field(repr=False)
+    receipt: Receipt
+
+
+@dataclass
+class PhaseStats:
+    """Accumulated cost of one phase (proto ``PhaseStats``)."""
+
+    phase: str
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    comm_rounds: int = 0
+    dealer_bytes: int = 0
+
+
+class DigestRegistry:
+    """Payload digests accepted so far, across rounds: the replay guard.
+
+    Shared by every :class:`Round` of a :class:`RoundBook`. In memory only: a server
+    restart forgets it (and its rounds).
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[bytes, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, digest: bytes, round_id: str, worker_id: str) -> tuple[str, str] | None:
+        """Record ``digest`` for (round, worker); return the earlier owner if any."""
+        with self._lock:
+            owner = self._owners.get(digest)
+            if owner is None:
+                self._owners[digest] = (round_id, worker_id)
+            return owner
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+
+def _log_event(event: str, **fields: Any) -> None:
+    fields = {"event": event, **fields}
+    log.info(json.dumps(fields, sort_keys=True, separators=(",", ":")))
+
+
+# ----------------------------------------------------------------------------- round
+
+
+class Round:
+    """One round on one server.
+
+    Parameters
+    ----------
+    config
+        The round's configuration (validated by :meth:`RoundBook.open`).
+    workers
+        Registered worker ids; None accepts any valid id (tests, open deployments).
+    digests
+        Cross-round replay guard; a private one if None.
+    server
+        This server's name, written into receipts ("server-a" / "server-b").
+    clock
+        Seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        *,
+        workers: Collection[str] | None = None,
+        digests: DigestRegistry | None = None,
+        server: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.server = server
+        self._workers = None if workers is None else frozenset(workers)
+        self._digests = digests if digests is not None else DigestRegistry()
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._state = RoundState.OPEN
+        self._failure_reason = ""
+        self._subs: dict[str, Submission] = {}
+        self._participants: tuple[str, ...] = ()
+        self._mismatched: tuple[str, ...] = ()
+        self._selected: tuple[str, ...] = ()
+        self._phases: dict[str, PhaseStats] = {}
+        self.opened_unix_ms = _now_ms(clock)
+        self._updated_unix_ms = self.opened_unix_ms
+        self._entered = clock()
+        _log_event(
+            "round_opened",
+            round_id=config.round_id,
+            server=server,
+            rule=config.rule.value,
+            n_expected=config.n_expected,
+            f=config.f,
+            dim=config.dim,
+            quorum=config.effective_quorum,
+            deadline_unix_ms=config.deadline_unix_ms,
+        )
+
+    # ---------------------------------------------------------------- read access
+    @property
+    def round_id(self) -> str:
+        return self.config.round_id
+
+    @property
+    def state(self) -> RoundState:
+        return self._state
+
+    @property
+    def failure_reason(self) -> str:
+        return self._failure_reason
+
+    @property
+    def received(self) -> int:
+        return len(self._subs)
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """Sorted participant ids; empty before PARTICIPANTS_FIXED."""
+        return self._participants
+
+    @property
+    def mismatched(self) -> tuple[str, ...]:
+        """Workers both servers hold but under different submission ids."""
+        return self._mismatched
+
+    @property
+    def selected(self) -> tuple[str, ...]:
+        """Selected worker ids in the rule's pick order; empty before REVEAL."""
+        return self._selected
+
+    @property
+    def updated_unix_ms(self) -> int:
+        return self._updated_unix_ms
+
+    def submission(self, worker_id: str) -> Submission:
+        with self._lock:
+            try:
+                return self._subs[worker_id]
+            except KeyError:
+                raise UnknownWorker(
+                    f"round {self.round_id!r} holds no submission from worker {worker_id!r}"
+                ) from None
+
+    def submissions(self) -> dict[str, Submission]:
+        """A snapshot of the submissions, by worker id."""
+        with self._lock:
+            return dict(self._subs)
+
+    def holdings(self) -> dict[str, str]:
+        """worker_id -> submission_id of every stored submission (for FixParticipants)."""
+        with self._lock:
+            return {w: s.submission_id for w, s in self._subs.items()}
+
+    def deadline_passed(self) -> bool:
+        return _now_ms(self._clock) >= self.config.deadline_unix_ms
+
+    def ready_to_fix(self) -> bool:
+        """Whether server A should fix participants now: quorum reached, or deadline."""
+        with self._lock:
+            if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
+                return False
+            return self.received >= self.config.effective_quorum or self.deadline_passed()
+
+    # ----------------------------------------------------------------- submissions
+    def submit(
+        self,
+        worker_id: str,
+        submission_id: str,
+        payload: bytes | np.ndarray,
+        *,
+        digest: bytes | None = None,
+    ) -> Receipt:
+        """Store a worker's seed (server A) or share vector (server B).
+
+        Parameters
+        ----------
+        worker_id
+            The authenticated worker.
+        submission_id
+            Client-chosen id, constant across the client's retries.
+        payload
+            32-byte seed, or 1-D int64 array of length ``config.dim``. Not copied: the
+            caller must not modify it afterwards.
+        digest
+            :func:`payload_digest` of the payload if the caller already computed it
+            (e.g. incrementally while receiving chunks); computed here otherwise.
+
+        Returns
+        -------
+        Receipt
+            For an identical retry, the very receipt returned the first time.
+
+        Raises
+        ------
+        RoundError
+            :class:`UnknownWorker`, :class:`InvalidSubmission`,
+            :class:`ConflictingSubmission`, :class:`ReplayedSubmission`,
+            :class:`LateSubmission` or :class:`RoundFailed`.
+        """
+        rid = self.round_id
+        try:
+            self._check_submission_shape(worker_id, submission_id, payload)
+            if digest is None:
+                digest = payload_digest(payload)
+            with self._lock:
+                receipt, outcome = self._submit_locked(worker_id, submission_id, payload, digest)
+        except RoundError as exc:
+            _log_event(
+                "submission",
+                round_id=rid,
+                server=self.server,
+                worker_id=worker_id if isinstance(worker_id, str) else repr(worker_id),
+                outcome="refused",
+                error=type(exc).__name__,
+            )
+            raise
+        _log_event(
+            "submission",
+            round_id=rid,
+            server=self.server,
+            worker_id=worker_id,
+            outcome=outcome,
+            received=self.received,
+        )
+        return receipt
+
+    def _check_submission_shape(
+        self, worker_id: str, submission_id: str, payload: bytes | np.ndarray
+    ) -> None:
+        try:
+            check_id("worker_id", worker_id)
+            check_id("submission_id", submission_id)
+        except ValueError as exc:
+            raise InvalidSubmission(str(exc)) from None
+        if self._workers is not None and worker_id not in self._workers:
+            raise UnknownWorker(
+                f"worker {worker_id!r} is not registered with this server: ask the "
+                "operator to issue it a token"
+            )
+        if isinstance(payload, (bytes, bytearray)):
+            if len(payload) != SEED_BYTES:
+                raise InvalidSubmission(
+                    f"a seed must be exactly {SEED_BYTES} bytes, got {len(payload)}"
+                )
+        elif isinstance(payload, np.ndarray):
+            if payload.dtype != np.int64 or payload.shape != (self.config.dim,):
+                raise InvalidSubmission(
+                    f"a share must be an int64 vector of length dim={self.config.dim}, "
+                    f"got dtype {payload.dtype} and shape {payload.shape}"
+                )
+        else:
+            raise InvalidSubmission(
+                f"payload must be a 32-byte seed or an int64 share, got {type(payload).__name__}"
+            )
+
+    def _submit_locked(
+        self, worker_id: str, submission_id: str, payload: bytes | np.ndarray, digest: bytes
+    ) -> tuple[Receipt, str]:
+        rid = self.round_id
+        existing = self._subs.get(worker_id)
+        if existing is not None:
+            # Checked before lateness: a retry whose first copy did land must still get
+            # its receipt after the round moved on.
+            if existing.digest == digest:
+                return existing.receipt, "duplicate"
+            raise ConflictingSubmission(
+                f"worker {worker_id!r} already submitted a different payload to round "
+                f"{rid!r} (submission {existing.submission_id!r}); the first submission "
+                "stands: do not resubmit with new data, wait for the next round"
+            )
+        if self._state is RoundState.FAILED:
+            raise RoundFailed(
+                f"round {rid!r} failed ({self._failure_reason}): wait for a new round"
+            )
+        if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
+            raise LateSubmission(
+                f"round {rid!r} no longer accepts submissions: its participants are fixed "
+                f"(state {self._state.value}); submit to the next round"
+            )
+        if self.deadline_passed():
+            raise LateSubmission(
+                f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
+                "submit to the next round"
+            )
+        owner = self._digests.claim(digest, rid, worker_id)
+        if owner is not None:
+            where = "an earlier round" if owner[0] != rid else "another worker of this round"
+            raise ReplayedSubmission(
+                f"this payload was already accepted in {where}: a replayed (or reused) "
+                "seed/share is refused; split the vector again with a fresh seed"
+            )
+        receipt = Receipt(
+            round_id=rid,
+            worker_id=worker_id,
+            submission_id=submission_id,
+            digest=digest,
+            dim=self.config.dim,
+            accepted_unix_ms=_now_ms(self._clock),
+            server=self.server,
+        )
+        self._subs[worker_id] = Submission(worker_id, submission_id, digest, payload, receipt)
+        if self._state is RoundState.OPEN:
+            self._transition_locked(RoundState.COLLECTING, "first submission accepted")
+        return receipt, "accepted"
+
+    # ----------------------------------------------------------------- transitions
+    def transition(self, to: RoundState, reason: str = "") -> None:
+        """Move to state ``to``; raise :class:`IllegalTransition` if not allowed.
+
+        Prefer the named helpers (:meth:`fix_participants`, :meth:`start_distances`,
+        :meth:`start_selection`, :meth:`start_reveal`, :meth:`finish`, :meth:`fail`),
+        which also set the data that goes with each state.
+        """
+        with self._lock:
+            self._transition_locked(RoundState(to), reason)
+
+    def _transition_locked(self, to: RoundState, reason: str) -> None:
+        frm = self._state
+        if to not in ALLOWED_TRANSITIONS[frm]:
+            raise IllegalTransition(
+                f"round {self.round_id!r}: transition {frm.value} -> {to.value} is not allowed"
+                + (f" (round failed: {self._failure_reason})" if frm is RoundState.FAILED else "")
+            )
+        if (
+            frm is RoundState.PARTICIPANTS_FIXED
+            and to is RoundState.REVEAL
+            and self.config.rule is not Rule.MEAN
+        ):
+            raise IllegalTransition(
+                f"round {self.round_id!r}: {self.config.rule.value} must compute distances "
+                "and select before revealing (only mean goes straight to reveal)"
+            )
+        if to is RoundState.FAILED:
+            self._failure_reason = reason or "unspecified failure"
+        now = self._clock()
+        # wall time spent in the state being left, under that state's name
+        self._add_phase(frm.value, seconds=max(0.0, now - self._entered))
+        self._entered = now
+        self._state = to
+        self._updated_unix_ms = int(now * 1000)
+        _log_event(
+            "round_state",
+            round_id=self.round_id,
+            server=self.server,
+            **{"from": frm.value, "to": to.value},
+            reason=reason,
+            received=len(self._subs),
+            participants=len(self._participants),
+            selected=len(self._selected),
+        )
+
+    def fix_participants(
+        self, ids_from_other_server: Iterable[str] | Mapping[str, str]
+    ) -> list[str]:
+        """Freeze submissions and keep the workers the other server holds too.
+
+        Parameters
+        ----------
+        ids_from_other_server
+            The other server's worker ids, or a mapping worker_id -> submission_id; with
+            a mapping, a worker whose submission ids differ between the servers is
+            excluded (its seed and share come from different splits and would not add
+            up) and listed in :attr:`mismatched`.
+
+        Returns
+        -------
+        list of str
+            The sorted intersection, now :attr:`participants`.
+
+        Raises
+        ------
+        IllegalTransition
+            If participants were already fixed or the round is over.
+        RoundFailed
+            If fewer workers remain than the rule needs (the round is failed first), or
+            Multi-Krum's configured m exceeds them.
+        """
+        with self._lock:
+            if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
+                raise IllegalTransition(
+                    f"round {self.round_id!r}: participants can only be fixed while "
+                    f"collecting, the round is {self._state.value}"
+                )
+            ours = self._subs
+            if isinstance(ids_from_other_server, Mapping):
+                common = {w for w in ids_from_other_server if w in ours}
+                mismatched = sorted(
+                    w for w in common if ids_from_other_server[w] != ours[w].submission_id
+                )
+                chosen = sorted(common - set(mismatched))
+            else:
+                mismatched = []
+                chosen = sorted({w for w in ids_from_other_server if w in ours})
+            self._mismatched = tuple(mismatched)
+            n, cfg = len(chosen), self.config
+            problem = ""
+            if n < cfg.min_participants:
+                problem = (
+                    f"only {n} workers' submissions reached both servers "
+                    f"({len(ours)} here, {len(mismatched)} mismatched); "
+                    f"{cfg.rule.value} with f={cfg.f} needs at least {cfg.min_participants}"
+                )
+            else:
+                # the selection functions' own check, so a round never fixes a set of
+                # participants that secagg.rules would then refuse
+                from secagg.rules import RuleError, validate_params
+
+                try:
+                    validate_params(cfg.rule.value, n, cfg.f, cfg.effective_m(n))
+                except RuleError as exc:
+                    problem = f"{n} participants: {exc}"
+            if problem:
+                self._transition_locked(RoundState.FAILED, problem)
+                raise RoundFailed(f"round {self.round_id!r} failed: {problem}")
+            self._participants = tuple(chosen)
+            reason = f"{n} participants"
+            if mismatched:
+                reason += f", {len(mismatched)} excluded for mismatched submission ids"
+            self._transition_locked(RoundState.PARTICIPANTS_FIXED, reason)
+            return list(chosen)
+
+    def start_distances(self) -> None:
+        self.transition(RoundState.DISTANCES, "computing pairwise distances")
+
+    def start_selection(self) -> None:
+        self.transition(RoundState.SELECTION, "distances revealed")
+
+    def start_reveal(self, selected: Sequence[str]) -> None:
+        """Record the selection (worker ids, pick order) and enter REVEAL."""
+        with self._lock:
+            sel = tuple(selected)
+            unknown = [w for w in sel if w not in self._participants]
+            if not sel or unknown or len(set(sel)) != len(sel):
+                raise IllegalTransition(
+                    f"round {self.round_id!r}: the selection must be distinct participants, "
+                    f"got {len(sel)} ids ({len(unknown)} not participants)"
+                )
+            before, self._selected = self._selected, sel
+            try:
+                self._transition_locked(RoundState.REVEAL, f"{len(sel)} selected")
+            except IllegalTransition:
+                self._selected = before
+                raise
+
+    def finish(self) -> None:
+        self.transition(RoundState.DONE, "aggregate available")
+
+    def fail(self, reason: str) -> None:
+        """Fail the round. A no-op if it already failed; illegal once DONE."""
+        with self._lock:
+            if self._state is RoundState.FAILED:
+                return
+            self._transition_locked(RoundState.FAILED, reason)
+
+    # ------------------------------------------------------------------ accounting
+    def _add_phase(self, name: str, **amounts: float) -> None:
+        stats = self._phases.setdefault(name, PhaseStats(name))
+        for key, value in amounts.items():
+            setattr(stats, key, getattr(stats, key) + value)
+
+    def record_phase(
+        self,
+        name: str,
+        *,
+        seconds: float = 0.0,
+        bytes_sent: int = 0,
+        bytes_received: int = 0,
+        comm_rounds: int = 0,
+        dealer_bytes: int = 0,
+    ) -> None:
+        """Add measured costs to phase ``name``.
+
+        The wall time of every state is recorded automatically under the state's name
+        ("collecting", "distances", ...): for 2PC measurements of such a phase pass the
+        bytes only, or use a distinct name (e.g. "mpc.distances") with seconds.
+        """
+        with self._lock:
+            self._add_phase(
+                name,
+                seconds=float(seconds),
+                bytes_sent=int(bytes_sent),
+                bytes_received=int(bytes_received),
+                comm_rounds=int(comm_rounds),
+                dealer_bytes=int(dealer_bytes),
+            )
+
+    @property
+    def phases(self) -> dict[str, PhaseStats]:
+        with self._lock:
+            return {k: PhaseStats(**asdict(v)) for k, v in self._phases.items()}
+
+    # ------------------------------------------------------------------- reporting
+    def status_dict(self) -> dict[str, Any]:
+        """JSON-ready status (no payloads or digests)."""
+        with self._lock:
+            return {
+                "round_id": self.round_id,
+                "state": self._state.value,
+                "failure_reason": self._failure_reason,
+                "received": len(self._subs),
+                "participants": list(self._participants),
+                "selected": list(self._selected),
+                "phases": [asdict(p) for p in self._phases.values()],
+                "config": self.config.to_dict(),
+                "updated_unix_ms": self._updated_unix_ms,
+            }
+
+    def to_proto(self) -> secagg_pb2.RoundStatus:
+        from secagg.v1 import secagg_pb2
+
+        with self._lock:
+            return secagg_pb2.RoundStatus(
+                round_id=self.round_id,
+                state=self._state.to_proto(),
+                failure_reason=self._failure_reason,
+                received=len(self._subs),
+                participants=list(self._participants),
+                selected=list(self._selected),
+                phases=[secagg_pb2.PhaseStats(**asdict(p)) for p in self._phases.values()],
+                config=self.config.to_proto(),
+                updated_unix_ms=self._updated_unix_ms,
+            )
+
+
+# ------------------------------------------------------------------------- round book
+
+
+class RoundBook:
+    """All rounds one server knows, by id, sharing one replay guard.
+
+    Parameters
+    ----------
+    workers
+        Registered worker ids (e.g. ``TokenStore.worker_ids``); None accepts any.
+    server
+        This server's name for receipts.
+    max_dim
+        Largest admissible ``dim``.
+    clock
+        Seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: Collection[str] | None = None,
+        server: str = "",
+        max_dim: int = DEFAULT_MAX_DIM,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.workers = None if workers is None else frozenset(workers)
+        self.server = server
+        self.max_dim = max_dim
+        self.digests = DigestRegistry()
+        self._clock = clock
+        self._rounds: dict[str, Round] = {}
+        self._lock = threading.Lock()
+
+    def open(self, config: RoundConfig) -> Round:
+        """Validate ``config`` and open its round.
+
+        Opening the same configuration again returns the existing round, so a retried
+        OpenRound (A -> B, or an operator's) is harmless.
+
+        Raises
+        ------
+        ValueError
+            If the configuration violates a bound (see :meth:`RoundConfig.validate`)
+            or invites more workers than are registered.
+        DuplicateRound
+            If the id is taken by a different configuration.
+        """
+        with self._lock:
+            existing = self._rounds.get(config.round_id)
+            if existing is not None:
+                if existing.config == config:
+                    return existing
+                raise DuplicateRound(
+                    f"round {config.round_id!r} already exists with a different "
+                    "configuration: choose a new round_id"
+                )
+            config.validate(now_ms=_now_ms(self._clock), max_dim=self.max_dim)
+            if self.workers is not None and config.n_expected > len(self.workers):
+                raise ValueError(
+                    f"n_expected={config.n_expected} exceeds the {len(self.workers)} "
+                    "registered workers: issue more tokens or lower n_expected"
+                )
+            rnd = Round(
+                config,
+                workers=self.workers,
+                digests=self.digests,
+                server=self.server,
+                clock=self._clock,
+            )
+            self._rounds[config.round_id] = rnd
+            return rnd
+
+    def get(self, round_id: str) -> Round:
+        with self._lock:
+            rnd = self._rounds.get(round_id)
+        if rnd is None:
+            raise UnknownRound(
+                f"no round {round_id!r} on this server: check the id, or wait until the "
+                "operator opens it"
+            )
+        return rnd
+
+    def list(self, states: Collection[RoundState] | None = None, limit: int = 0) -> list[Round]:
+        """Rounds, newest first, optionally filtered by state; ``limit`` 0 = all."""
+        with self._lock:
+            rounds = list(self._rounds.values())
+        rounds.reverse()  # dicts keep insertion order: reversed is newest first
+        if states:
+            wanted = set(states)
+            rounds = [r for r in rounds if r.state in wanted]
+        return rounds[:limit] if limit else rounds
+
+    def __contains__(self, round_id: object) -> bool:
+        with self._lock:
+            return round_id in self._rounds
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rounds)
