@@ -7,4 +7,4 @@ bash scripts/setup.sh
 mkdir -p out
 .venv/bin/python -m examples.make_inputs --n 20 --d 10000 --byzantine 3 --out out/inputs.npy
 exec .venv/bin/secagg round --inputs out/inputs.npy --f 3 --rule multi-krum \
-  --out out/aggregate.npy --report out/report.json
+  --out out/aggregate.npy --report out/report.json --check
