@@ -134,3 +134,13 @@ class MpcCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def with_transcript(session: Any, method: str, *args: Any) -> tuple[Any, list]:
+    """Run ``session.<method>(*args)`` recording what this party receives (tests)."""
+    session.transcript = []
+    try:
+        result = getattr(session, method)(*args)
+        return result, session.transcript
+    finally:
+        session.transcript = None

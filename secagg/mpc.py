@@ -496,6 +496,10 @@ class MpcSession:
         self.traffic = Traffic()
         self._sent = 0  # bytes this party sent in secagg's own openings
         self._rounds = 0
+        # When a list, every value this party receives in secagg's openings (and its own
+        # mask share of the Gram pair) is appended as (label, array): the privacy tests
+        # analyse exactly what a curious server sees. Off (None) in production.
+        self.transcript: list[tuple[str, np.ndarray]] | None = None
         self.closed = False
         log.info("mpc: rank %d joined the session", rank)
 
@@ -530,8 +534,13 @@ class MpcSession:
         req.wait()
         self._sent += mine.numel() * 8
         self._rounds += 1
+        self._record("received", other)
         other += mine
         return other
+
+    def _record(self, label: str, value: torch.Tensor) -> None:
+        if self.transcript is not None:
+            self.transcript.append((label, value.numpy().copy()))
 
     def _open_to_a(self, mine: torch.Tensor) -> torch.Tensor | None:
         """Open a shared tensor to server A only."""
@@ -540,6 +549,7 @@ class MpcSession:
         if self.rank == RANK_A:
             other = torch.empty_like(mine)
             dist.recv(other, src=RANK_B, group=group)
+            self._record("received", other)
             other += mine
             return other
         dist.send(mine.contiguous(), dst=RANK_A, group=group)
@@ -573,6 +583,7 @@ class MpcSession:
         provider: CsprngTTP = crypten.mpc.get_default_provider()
         with self._phase("distances"):
             r, z = provider.gram_pair(n, d)
+            self._record("own_mask_share", r)
             e = x - r
             e = self._open(e)  # E = E_A + E_B, the only n×d opening
             m = e @ r.t()
