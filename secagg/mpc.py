@@ -110,10 +110,10 @@ class MpcError(RuntimeError):
 
 # ------------------------------------------------------------ dealer wire format
 # Requests from party 0 to the dealer are a fixed int64 header, never a pickle.
-_HDR = 16
+_HDR = 32
 _F_TERMINATE, _F_ADDITIVE, _F_SQUARE, _F_BINARY, _F_WRAPS, _F_B2A, _F_GRAM = range(7)
 _OPS = ("mul", "matmul")
-_MAX_DIMS = 4
+_MAX_DIMS = 8  # CrypTen's circuits stack masks on top of the operands' dimensions
 # The dealer refuses absurd sizes instead of trying to allocate them.
 MAX_DEALER_ELEMENTS = 1 << 31
 
@@ -223,7 +223,7 @@ class CsprngTTP(TrustedThirdParty):
             hdr[0] = _F_ADDITIVE
             hdr[1] = _OPS.index(op)
             _put_size(hdr, 2, size0)
-            _put_size(hdr, 7, size1)
+            _put_size(hdr, 11, size1)
             c = cl.request(hdr, c_size)
         else:
             c = _ring(cl.stream, c_size)
@@ -261,7 +261,7 @@ class CsprngTTP(TrustedThirdParty):
             hdr = torch.zeros(_HDR, dtype=torch.long)
             hdr[0] = _F_BINARY
             _put_size(hdr, 2, size0)
-            _put_size(hdr, 7, size1)
+            _put_size(hdr, 11, size1)
             c = cl.request(hdr, c_size)
         else:
             c = _ring(cl.stream, c_size)
@@ -363,7 +363,7 @@ class _Dealer:
             op_id = int(hdr[1])
             if not 0 <= op_id < len(_OPS):
                 raise MpcError(f"bad dealer request: op {op_id}")
-            s0, s1 = _get_size(hdr, 2), _get_size(hdr, 7)
+            s0, s1 = _get_size(hdr, 2), _get_size(hdr, 11)
             a, b = self._sum(s0), self._sum(s1)
             c = getattr(torch, _OPS[op_id])(a, b)
             return c - self._others(c.size())
@@ -372,7 +372,7 @@ class _Dealer:
             r = self._sum(size)
             return r * r - self._others(size)
         if fid == _F_BINARY:
-            s0, s1 = _get_size(hdr, 2), _get_size(hdr, 7)
+            s0, s1 = _get_size(hdr, 2), _get_size(hdr, 11)
             a = _ring(self.streams[0], s0) ^ _ring(self.streams[1], s0)
             b = _ring(self.streams[0], s1) ^ _ring(self.streams[1], s1)
             c = a & b
@@ -614,6 +614,51 @@ class MpcSession:
         if not sel or any(not 0 <= i < n for i in sel) or len(set(sel)) != len(sel):
             raise MpcError(f"invalid selection {sel} for {n} participants")
         return sel
+
+    def exchange_seed(self, seed: bytes | None) -> bytes:
+        """A sends a fresh public 32-byte seed to B over the MPC channel (library use;
+        the service sends it in the Peer RPC). Returns it on both."""
+        with self._phase("validation"):
+            buf = torch.zeros(KEY_BYTES // 8, dtype=torch.long)
+            if self.rank == RANK_A:
+                if seed is None or len(seed) != KEY_BYTES:
+                    raise MpcError(f"the projection seed must be {KEY_BYTES} bytes")
+                buf[:] = torch.from_numpy(np.frombuffer(seed, dtype="<i8").astype(np.int64))
+            comm.get().broadcast(buf, RANK_A)
+        return buf.numpy().astype("<i8").tobytes()
+
+    def validate_inputs(
+        self, share: np.ndarray, seed: bytes, projections: int, threshold: int
+    ) -> np.ndarray:
+        """Which rows pass the random-projection norm test (see secagg.validation).
+
+        Each party computes its shares of P = X R^T for the public R expanded from
+        ``seed`` (local, exact mod 2^64), then one batched secure comparison gives,
+        per entry, whether p is outside [-T, T]; the per-worker failure counts are
+        compared with 1 and only that accept bit is opened, to both servers.
+        """
+        from secagg.validation import BLOCK, projection_block  # no CrypTen there
+
+        x = self._as_tensor(share)
+        if x.dim() != 2:
+            raise ValueError("expected an n×d matrix of shares")
+        n, d = x.shape
+        k, T = int(projections), int(threshold)
+        with self._phase("validation"):
+            stream = AesCtrStream(seed)
+            p = torch.zeros((n, k), dtype=torch.long)
+            for c0 in range(0, d, BLOCK):
+                w = min(BLOCK, d - c0)
+                r = torch.from_numpy(projection_block(stream, k, w))
+                p += x[:, c0 : c0 + w] @ r.t()
+            # shares of T - p and p + T: the public T is added by party 0 only
+            pub = T if self.rank == RANK_A else 0
+            both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test
+            outside = MPCTensor.from_shares(both, precision=0).lt(0)  # 0/1 per bound
+            fails = outside.reshape(2, n, k).sum(dim=0).sum(dim=1)  # per worker, in [0, 2k]
+            rejected = (fails - 1).ge(0)  # only this bit per worker is opened
+            bits = rejected._tensor.reveal()
+        return bits.numpy() == 0
 
     def reveal_sum(self, share: np.ndarray, selected: Sequence[int]) -> np.ndarray:
         """Each server sums its own shares of the selected rows; only that sum is opened."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from secagg import rules
 from secagg.mpc import RANK_A, MpcSession
+from secagg.prg import fresh_key
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class RoundPlan:
     rule: str
     f: int
     m: int | None = None
+    # Input validation (secagg.validation): the public projection threshold T, or None
+    # to skip the test (only for demonstrating the attack it stops).
+    threshold: int | None = None
+    projections: int = 40
 
     def validate(self, n: int) -> None:
         """Raise :class:`secagg.rules.RuleError` if the rule cannot run on n workers."""
@@ -47,6 +52,10 @@ class PartyOutcome:
     divisor: int
     distances: np.ndarray | None = None  # int64 at scale 2^32 (server A only)
     traffic: dict[str, dict[str, float]] = field(default_factory=dict)
+    # rows (of the share matrix given to run_round) that passed input validation;
+    # `selected` and `distances` refer to positions among these
+    accepted: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
 
 
 def choose(plan: RoundPlan, distances: np.ndarray | None, n: int) -> list[int]:
@@ -67,19 +76,42 @@ def reveal(
     return session.reveal_sum(share, selected)
 
 
+def validate(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> list[int]:
+    """Rows that pass the 2PC input check (all rows when the plan skips it)."""
+    n = int(share.shape[0])
+    if plan.threshold is None:
+        return list(range(n))
+    seed = session.exchange_seed(fresh_key() if session.rank == RANK_A else None)
+    ok = session.validate_inputs(share, seed, plan.projections, plan.threshold)
+    return [i for i in range(n) if ok[i]]
+
+
 def run_round(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> PartyOutcome:
     """Run a whole round; collective (A and B call it with matching shapes)."""
     n = int(share.shape[0])
     plan.validate(n)  # public check on both sides: both raise before any 2PC step
     session.reset_traffic()
+    accepted = validate(session, share, plan)
+    rejected = [i for i in range(n) if i not in set(accepted)]
+    if rejected:
+        try:
+            plan.validate(len(accepted))
+        except rules.RuleError as exc:
+            raise rules.RuleError(
+                f"{len(rejected)} of {n} workers failed input validation; {exc}"
+            ) from None
+        share = share[accepted]
+    k = len(accepted)
     distances = None if plan.rule == "mean" else session.sq_distances(share)
-    mine = choose(plan, distances, n) if session.rank == RANK_A else None
-    selected = session.exchange_selection(mine, n)
+    mine = choose(plan, distances, k) if session.rank == RANK_A else None
+    selected = session.exchange_selection(mine, k)
     total = reveal(session, share, plan, selected)
     return PartyOutcome(
         selected=selected,
         encoded_sum=total,
-        divisor=plan.divisor(n, selected),
+        divisor=plan.divisor(k, selected),
         distances=distances,
         traffic=session.traffic.as_dict(),
+        accepted=accepted,
+        rejected=rejected,
     )
