@@ -163,6 +163,7 @@ class RoundState(StrEnum):
     OPEN = "open"
     COLLECTING = "collecting"
     PARTICIPANTS_FIXED = "participants_fixed"
+    VALIDATION = "validation"
     DISTANCES = "distances"
     SELECTION = "selection"
     REVEAL = "reveal"
@@ -195,7 +196,8 @@ _S = RoundState
 ALLOWED_TRANSITIONS: Mapping[RoundState, frozenset[RoundState]] = {
     _S.OPEN: frozenset({_S.COLLECTING, _S.FAILED}),
     _S.COLLECTING: frozenset({_S.PARTICIPANTS_FIXED, _S.FAILED}),
-    _S.PARTICIPANTS_FIXED: frozenset({_S.DISTANCES, _S.REVEAL, _S.FAILED}),
+    _S.PARTICIPANTS_FIXED: frozenset({_S.VALIDATION, _S.DISTANCES, _S.REVEAL, _S.FAILED}),
+    _S.VALIDATION: frozenset({_S.DISTANCES, _S.REVEAL, _S.FAILED}),
     _S.DISTANCES: frozenset({_S.SELECTION, _S.FAILED}),
     _S.SELECTION: frozenset({_S.REVEAL, _S.FAILED}),
     _S.REVEAL: frozenset({_S.DONE, _S.FAILED}),
@@ -310,6 +312,11 @@ class RoundConfig:
         ``n_expected``.
     deadline_unix_ms : int
         Collection closes at this time (milliseconds since the epoch).
+    projections : int, default 0
+        Input validation's k (:mod:`secagg.validation`); 0 means the default 40.
+    skip_validation : bool, default False
+        Skip input validation. Only for demonstrating the attack it stops: without it
+        a worker can submit a ring element that wraps (see secagg.validation).
     """
 
     round_id: str
@@ -323,11 +330,13 @@ class RoundConfig:
     m: int = 0
     quorum: int = 0
     deadline_unix_ms: int
+    projections: int = 0
+    skip_validation: bool = False
 
     def __post_init__(self) -> None:
         # normalise so that equal configs compare equal (idempotent OpenRound retries)
         object.__setattr__(self, "rule", Rule.parse(self.rule))
-        for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms"):
+        for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms", "projections"):
             v = getattr(self, name)
             if _is_int(v):
                 object.__setattr__(self, name, int(v))
@@ -351,6 +360,23 @@ class RoundConfig:
         if self.rule is not Rule.MULTI_KRUM:
             return None
         return self.m or n - self.f - 2
+
+    def validation_params(self) -> Any:
+        """The round's :class:`secagg.validation.ValidationParams`, or None if skipped."""
+        if self.skip_validation:
+            return None
+        from secagg.validation import DEFAULT_PROJECTIONS, ValidationParams
+
+        return ValidationParams(projections=self.projections or DEFAULT_PROJECTIONS)
+
+    def validation_threshold(self) -> int | None:
+        """The public projection bound T for this round, or None if validation is off."""
+        vp = self.validation_params()
+        if vp is None:
+            return None
+        from secagg.validation import threshold
+
+        return threshold(self.encoding_params(), self.dim, vp)
 
     def encoding_params(self) -> Any:
         """The round's :class:`secagg.encoding.EncodingParams`."""
@@ -377,7 +403,7 @@ class RoundConfig:
             (or its subclass ``secagg.encoding.EncodingError`` for the ring headroom).
         """
         check_id("round_id", self.round_id)
-        for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms"):
+        for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms", "projections"):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         n, f = self.n_expected, self.f
@@ -429,6 +455,15 @@ class RoundConfig:
         from secagg.encoding import check_headroom
 
         check_headroom(self.encoding_params(), n, self.dim)
+        if not isinstance(self.skip_validation, bool):
+            raise ValueError(f"skip_validation must be a bool, got {self.skip_validation!r}")
+        vp = self.validation_params()  # checks projections within [1, 256]
+        if vp is not None:
+            # an accepted vector may be longer than an honest one (the test's slack):
+            # its distances and sums must not wrap either
+            from secagg.validation import check_validated_headroom
+
+            check_validated_headroom(self.encoding_params(), n, self.dim, vp)
 
     # ----------------------------------------------------------------- conversion
     def to_dict(self) -> dict[str, Any]:
@@ -458,6 +493,8 @@ class RoundConfig:
             norm_bound=msg.norm_bound,
             quorum=msg.quorum,
             deadline_unix_ms=msg.deadline_unix_ms,
+            projections=msg.projections,
+            skip_validation=msg.skip_validation,
         )
 
 
@@ -585,6 +622,7 @@ class Round:
         self._participants: tuple[str, ...] = ()
         self._mismatched: tuple[str, ...] = ()
         self._selected: tuple[str, ...] = ()
+        self._excluded: dict[str, str] = {}  # worker -> why it was dropped after submitting
         self._phases: dict[str, PhaseStats] = {}
         self.opened_unix_ms = _now_ms(clock)
         self._updated_unix_ms = self.opened_unix_ms
@@ -827,7 +865,7 @@ class Round:
                 + (f" (round failed: {self._failure_reason})" if frm is RoundState.FAILED else "")
             )
         if (
-            frm is RoundState.PARTICIPANTS_FIXED
+            frm in (RoundState.PARTICIPANTS_FIXED, RoundState.VALIDATION)
             and to is RoundState.REVEAL
             and self.config.rule is not Rule.MEAN
         ):
@@ -924,6 +962,53 @@ class Round:
             self._transition_locked(RoundState.PARTICIPANTS_FIXED, reason)
             return list(chosen)
 
+    @property
+    def excluded(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._excluded)
+
+    def start_validation(self) -> None:
+        self.transition(RoundState.VALIDATION, "checking that every input is well formed")
+
+    def exclude(self, worker_ids: Iterable[str], reason: str) -> list[str]:
+        """Drop participants (e.g. failed input validation), recording why.
+
+        Returns the remaining participants. Fails the round (and raises
+        :class:`RoundFailed`) if fewer remain than the rule needs.
+        """
+        with self._lock:
+            drop = set(worker_ids)
+            unknown = drop - set(self._participants)
+            if unknown:
+                raise IllegalTransition(
+                    f"round {self.round_id!r}: cannot exclude non-participants {sorted(unknown)}"
+                )
+            for w in sorted(drop):
+                self._excluded[w] = reason
+            self._participants = tuple(w for w in self._participants if w not in drop)
+            n, cfg = len(self._participants), self.config
+            if drop:
+                _log_event(
+                    "excluded",
+                    round_id=self.round_id,
+                    server=self.server,
+                    count=len(drop),
+                    reason=reason,
+                    remaining=n,
+                )
+            problem = ""
+            if n < cfg.min_participants:
+                problem = (
+                    f"{len(drop)} workers excluded ({reason}); {n} remain but "
+                    f"{cfg.rule.value} with f={cfg.f} needs at least {cfg.min_participants}"
+                )
+            elif cfg.rule is Rule.MULTI_KRUM and cfg.m > n:
+                problem = f"multi-krum's m={cfg.m} exceeds the {n} remaining participants"
+            if problem:
+                self._transition_locked(RoundState.FAILED, problem)
+                raise RoundFailed(f"round {self.round_id!r} failed: {problem}")
+            return list(self._participants)
+
     def start_distances(self) -> None:
         self.transition(RoundState.DISTANCES, "computing pairwise distances")
 
@@ -1005,6 +1090,7 @@ class Round:
                 "received": len(self._subs),
                 "participants": list(self._participants),
                 "selected": list(self._selected),
+                "excluded": dict(self._excluded),
                 "phases": [asdict(p) for p in self._phases.values()],
                 "config": self.config.to_dict(),
                 "updated_unix_ms": self._updated_unix_ms,
@@ -1024,6 +1110,9 @@ class Round:
                 phases=[secagg_pb2.PhaseStats(**asdict(p)) for p in self._phases.values()],
                 config=self.config.to_proto(),
                 updated_unix_ms=self._updated_unix_ms,
+                excluded=[
+                    secagg_pb2.Exclusion(worker_id=w, reason=r) for w, r in self._excluded.items()
+                ],
             )
 
 

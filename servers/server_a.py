@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 
 from secagg import encoding, mpc, protocol, sharing, transport
+from secagg.prg import fresh_key
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -272,8 +273,15 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             pass
 
     async def _phase(
-        self, rnd: Round, phase: int, participants: list[str], selected: list[int], fn, *args
-    ):  # noqa: ANN001, ANN202
+        self,
+        rnd: Round,
+        phase: int,
+        participants: list[str],
+        selected: list[int],
+        fn,  # noqa: ANN001
+        *args,  # noqa: ANN002
+        projection_seed: bytes = b"",
+    ):  # noqa: ANN202
         """Run one 2PC phase: B's half through the Peer RPC, A's half on the MPC thread."""
         req = pb.PhaseRequest(
             round_id=rnd.round_id,
@@ -281,6 +289,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             participants=participants,
             selected=selected,
             session_id=uuid.uuid4().hex,
+            projection_seed=projection_seed,
         )
         peer_call = self.peer.RunPhase(req, metadata=self._peer_md(), timeout=self.phase_timeout_s)
         mine = self._mpc(fn, *args)
@@ -300,6 +309,34 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rnd.record_phase("expand_seeds", seconds=time.perf_counter() - t0)
         self.session.reset_traffic()
         out = self.outcomes[rnd.round_id]
+        threshold = cfg.validation_threshold()
+        if threshold is not None:
+            rnd.start_validation()
+            seed = fresh_key()  # drawn only now: no worker could adapt to the projections
+            vp = cfg.validation_params()
+            reply, ok = await self._phase(
+                rnd,
+                pb.PHASE_VALIDATION,
+                participants,
+                [],
+                self.session.validate_inputs,
+                share,
+                seed,
+                vp.projections,
+                threshold,
+                projection_seed=seed,
+            )
+            rejected = [w for w, good in zip(participants, ok, strict=True) if not good]
+            if sorted(reply.rejected) != sorted(rejected):
+                raise RuntimeError("servers A and B disagree on the validation outcome")
+            if rejected:
+                participants = rnd.exclude(
+                    rejected, f"failed input validation ({vp.projections} projections > T)"
+                )
+                share = share[np.asarray(ok, dtype=bool)]
+                n = len(participants)
+                plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+                plan.validate(n)
         distances = None
         if cfg.rule is not Rule.MEAN:
             rnd.start_distances()

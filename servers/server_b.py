@@ -183,9 +183,34 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             share = np.stack([rnd.submission(w).payload for w in participants])
             selected = [int(i) for i in request.selected]
             t0 = time.perf_counter()
-            if request.phase == pb.PHASE_DISTANCES:
-                rnd.start_distances()
+            rejected: list[str] = []
+            if request.phase == pb.PHASE_VALIDATION:
+                threshold = cfg.validation_threshold()
+                if threshold is None or len(request.projection_seed) != 32:
+                    raise transport.ProtocolError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "validation requested for a round without it, or no 32-byte seed",
+                    )
+                rnd.start_validation()
                 self.session.reset_traffic()
+                vp = cfg.validation_params()
+                ok = await self._mpc(
+                    self.session.validate_inputs,
+                    share,
+                    bytes(request.projection_seed),
+                    vp.projections,
+                    threshold,
+                )
+                rejected = [w for w, good in zip(participants, ok, strict=True) if not good]
+                if rejected:
+                    rnd.exclude(
+                        rejected, f"failed input validation ({vp.projections} projections > T)"
+                    )
+                name = "validation"
+            elif request.phase == pb.PHASE_DISTANCES:
+                rnd.start_distances()
+                if cfg.skip_validation:  # otherwise the validation phase started the count
+                    self.session.reset_traffic()
                 await self._mpc(self.session.sq_distances, share)
                 rnd.start_selection()
                 name = "distances"
@@ -199,7 +224,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "selection indices out of range or repeated",
                     )
-                if plan.rule == "mean":
+                if plan.rule == "mean" and cfg.skip_validation:
                     self.session.reset_traffic()
                 rnd.start_reveal([participants[i] for i in selected])
                 total = await self._mpc(protocol.reveal, self.session, share, plan, selected)
@@ -229,7 +254,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 comm_rounds=tr.rounds.get(name, 0),
                 dealer_bytes=tr.dealer_bytes.get(name, 0),
             )
-            return pb.PhaseReply(round_id=rnd.round_id, phase=request.phase, stats=stats)
+            return pb.PhaseReply(
+                round_id=rnd.round_id, phase=request.phase, stats=stats, rejected=rejected
+            )
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
             raise

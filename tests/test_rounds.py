@@ -100,6 +100,9 @@ def drive(book: RoundBook, target: RoundState, rule: str = "krum") -> Round:
     rnd.fix_participants(ids)
     if target is S.PARTICIPANTS_FIXED:
         return rnd
+    rnd.start_validation()
+    if target is S.VALIDATION:
+        return rnd
     rnd.start_distances()
     if target is S.DISTANCES:
         return rnd
@@ -435,3 +438,13 @@ def test_round_error_codes_are_grpc_names() -> None:
     ]
     for cls in errors:
         assert grpc.StatusCode[cls("x").code]  # type: ignore[attr-defined]
+
+
+def test_validation_exclusions_are_recorded_and_can_fail_the_round(book: RoundBook) -> None:
+    rnd = drive(book, S.VALIDATION)
+    left = rnd.exclude(["w0"], "failed input validation")
+    assert "w0" not in left and rnd.excluded == {"w0": "failed input validation"}
+    assert [e.worker_id for e in rnd.to_proto().excluded] == ["w0"]
+    with pytest.raises(RoundFailed, match="needs at least"):
+        rnd.exclude(left[:3], "failed input validation")
+    assert rnd.state is S.FAILED

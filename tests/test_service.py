@@ -21,7 +21,7 @@ from secagg.v1 import secagg_pb2_grpc as pbg
 from servers.launcher import LocalDeployment
 
 N, D = 20, 300
-PARAMS = encoding.EncodingParams(scale=1.0, coord_bound=50.0, norm_bound=400.0)
+PARAMS = encoding.EncodingParams(scale=1.0, coord_bound=50.0, norm_bound=150.0)
 IDS = [f"w{i:02d}" for i in range(N + 2)]  # two spare identities
 
 
@@ -285,3 +285,66 @@ def test_oversized_and_malformed_messages_get_clear_status_and_server_survives(d
     Xenc = np.stack([encoding.encode(r, PARAMS) for r in X])
     ref = reference.aggregate_encoded(Xenc, "krum", 1)
     np.testing.assert_allclose(agg.vector, encoding.decode(ref.encoded_sum, PARAMS, 1), atol=0)
+
+
+def _submit_raw(dep, rid: str, wid: str, seed: bytes, share_b: np.ndarray) -> None:
+    """A Byzantine worker's own upload: any seed and any ring vector."""
+    md = transport.worker_metadata(wid, dep.tokens[wid])
+    sid = uuid.uuid4().hex
+    with transport.make_channel(dep.addr_a, dep.worker_tls()) as ch:
+        pbg.WorkerStub(ch).SubmitSeed(
+            pb.SeedSubmission(round_id=rid, worker_id=wid, seed=seed, dim=D, submission_id=sid),
+            metadata=md,
+            timeout=10,
+        )
+    with transport.make_channel(dep.addr_b, dep.worker_tls()) as ch:
+        pbg.WorkerStub(ch).SubmitShare(
+            transport.share_chunk_messages(rid, wid, sid, share_b), metadata=md, timeout=10
+        )
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_wraparound_worker_is_excluded_by_input_validation(dep, validate):
+    n = 7
+    X = workers_matrix(21, n=n, byz=0)
+    rid = f"wrap-{uuid.uuid4().hex[:8]}"
+    cfg = RoundConfig(
+        round_id=rid,
+        n_expected=n,
+        f=1,
+        rule="multi-krum",
+        dim=D,
+        scale=PARAMS.scale,
+        coord_bound=PARAMS.coord_bound,
+        norm_bound=PARAMS.norm_bound,
+        skip_validation=not validate,
+        deadline_unix_ms=int((time.time() + 60) * 1000),
+    )
+    with admin(dep) as a:
+        a.open_round(cfg)
+    for i in range(1, n):
+        with client(dep, IDS[i]) as c:
+            c.submit(rid, X[i], PARAMS)
+    shares = sharing.split(encoding.encode(X[0], PARAMS))
+    bad = shares.share_b.copy()
+    with np.errstate(over="ignore"):
+        bad[5] += np.int64(-(2**63))  # distances unchanged, coordinate 5 decodes to ~1.4e14
+    _submit_raw(dep, rid, IDS[0], shares.seed, bad)
+    with client(dep, IDS[1]) as c:
+        agg = c.wait_for_result(rid, timeout_s=120)
+        st_a, st_b = c.status(rid, "a"), c.status(rid, "b")
+    if validate:
+        for st in (st_a, st_b):
+            assert [(e.worker_id, "input validation" in e.reason) for e in st.excluded] == [
+                (IDS[0], True)
+            ]
+            assert IDS[0] not in st.participants
+        Xenc = np.stack([encoding.encode(r, PARAMS) for r in X[1:]])
+        ref = reference.aggregate_encoded(Xenc, "multi-krum", 1)
+        np.testing.assert_array_equal(
+            agg.vector, encoding.decode(ref.encoded_sum, PARAMS, ref.divisor)
+        )
+    else:
+        assert not st_a.excluded and IDS[0] in st_a.participants
+        if IDS[0] in agg.selected:  # Multi-Krum cannot tell: the distances are unchanged
+            assert np.max(np.abs(agg.vector)) > 1e12

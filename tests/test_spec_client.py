@@ -61,7 +61,7 @@ def dep(tmp_path_factory):
 def test_independent_client_round(dep):
     import grpc
 
-    n, d, scale = 5, 300_000, 4.0  # 2.4 MB per share: three 1 MiB chunks
+    n, d, scale = 5, 300_000, 0.05  # 2.4 MB per share: three 1 MiB chunks
     rows = [[math.sin(i * 7 + k) * (1 + i) for k in range(d)] for i in range(n)]
     rid = f"spec-{uuid.uuid4().hex[:8]}"
     cfg = pb.RoundConfig(
@@ -72,7 +72,7 @@ def test_independent_client_round(dep):
         dim=d,
         scale=scale,
         coord_bound=5 * scale,
-        norm_bound=2000.0,
+        norm_bound=150.0,  # after scaling: the largest row has norm about 97
         deadline_unix_ms=int((time.time() + 60) * 1000),
     )
     ca = (dep.pki / "ca.pem").read_bytes()

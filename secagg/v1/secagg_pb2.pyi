@@ -26,6 +26,7 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STATE_REVEAL: _ClassVar[RoundState]
     ROUND_STATE_DONE: _ClassVar[RoundState]
     ROUND_STATE_FAILED: _ClassVar[RoundState]
+    ROUND_STATE_VALIDATION: _ClassVar[RoundState]
 
 class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,7 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_DISTANCES: _ClassVar[Phase]
     PHASE_REVEAL: _ClassVar[Phase]
     PHASE_BULYAN_COORDINATE: _ClassVar[Phase]
+    PHASE_VALIDATION: _ClassVar[Phase]
 RULE_UNSPECIFIED: Rule
 RULE_MEAN: Rule
 RULE_KRUM: Rule
@@ -47,13 +49,15 @@ ROUND_STATE_SELECTION: RoundState
 ROUND_STATE_REVEAL: RoundState
 ROUND_STATE_DONE: RoundState
 ROUND_STATE_FAILED: RoundState
+ROUND_STATE_VALIDATION: RoundState
 PHASE_UNSPECIFIED: Phase
 PHASE_DISTANCES: Phase
 PHASE_REVEAL: Phase
 PHASE_BULYAN_COORDINATE: Phase
+PHASE_VALIDATION: Phase
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms")
+    __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms", "projections", "skip_validation")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     N_EXPECTED_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +69,8 @@ class RoundConfig(_message.Message):
     NORM_BOUND_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PROJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_VALIDATION_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     n_expected: int
     f: int
@@ -76,7 +82,17 @@ class RoundConfig(_message.Message):
     norm_bound: float
     quorum: int
     deadline_unix_ms: int
-    def __init__(self, round_id: _Optional[str] = ..., n_expected: _Optional[int] = ..., f: _Optional[int] = ..., rule: _Optional[_Union[Rule, str]] = ..., m: _Optional[int] = ..., dim: _Optional[int] = ..., scale: _Optional[float] = ..., coord_bound: _Optional[float] = ..., norm_bound: _Optional[float] = ..., quorum: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+    projections: int
+    skip_validation: bool
+    def __init__(self, round_id: _Optional[str] = ..., n_expected: _Optional[int] = ..., f: _Optional[int] = ..., rule: _Optional[_Union[Rule, str]] = ..., m: _Optional[int] = ..., dim: _Optional[int] = ..., scale: _Optional[float] = ..., coord_bound: _Optional[float] = ..., norm_bound: _Optional[float] = ..., quorum: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., projections: _Optional[int] = ..., skip_validation: _Optional[bool] = ...) -> None: ...
+
+class Exclusion(_message.Message):
+    __slots__ = ("worker_id", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PhaseStats(_message.Message):
     __slots__ = ("phase", "seconds", "bytes_sent", "bytes_received", "comm_rounds", "dealer_bytes")
@@ -95,7 +111,7 @@ class PhaseStats(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., seconds: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., comm_rounds: _Optional[int] = ..., dealer_bytes: _Optional[int] = ...) -> None: ...
 
 class RoundStatus(_message.Message):
-    __slots__ = ("round_id", "state", "failure_reason", "received", "participants", "selected", "phases", "config", "updated_unix_ms")
+    __slots__ = ("round_id", "state", "failure_reason", "received", "participants", "selected", "phases", "config", "updated_unix_ms", "excluded")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +121,7 @@ class RoundStatus(_message.Message):
     PHASES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     state: RoundState
     failure_reason: str
@@ -114,7 +131,8 @@ class RoundStatus(_message.Message):
     phases: _containers.RepeatedCompositeFieldContainer[PhaseStats]
     config: RoundConfig
     updated_unix_ms: int
-    def __init__(self, round_id: _Optional[str] = ..., state: _Optional[_Union[RoundState, str]] = ..., failure_reason: _Optional[str] = ..., received: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[PhaseStats, _Mapping]]] = ..., config: _Optional[_Union[RoundConfig, _Mapping]] = ..., updated_unix_ms: _Optional[int] = ...) -> None: ...
+    excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
+    def __init__(self, round_id: _Optional[str] = ..., state: _Optional[_Union[RoundState, str]] = ..., failure_reason: _Optional[str] = ..., received: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[PhaseStats, _Mapping]]] = ..., config: _Optional[_Union[RoundConfig, _Mapping]] = ..., updated_unix_ms: _Optional[int] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ...) -> None: ...
 
 class RoundRef(_message.Message):
     __slots__ = ("round_id",)
@@ -251,30 +269,34 @@ class ParticipantsReply(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., mismatched: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PhaseRequest(_message.Message):
-    __slots__ = ("round_id", "phase", "participants", "selected", "session_id", "beta")
+    __slots__ = ("round_id", "phase", "participants", "selected", "session_id", "beta", "projection_seed")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_SEED_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     phase: Phase
     participants: _containers.RepeatedScalarFieldContainer[str]
     selected: _containers.RepeatedScalarFieldContainer[int]
     session_id: str
     beta: int
-    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., beta: _Optional[int] = ...) -> None: ...
+    projection_seed: bytes
+    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., participants: _Optional[_Iterable[str]] = ..., selected: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., beta: _Optional[int] = ..., projection_seed: _Optional[bytes] = ...) -> None: ...
 
 class PhaseReply(_message.Message):
-    __slots__ = ("round_id", "phase", "stats")
+    __slots__ = ("round_id", "phase", "stats", "rejected")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     phase: Phase
     stats: PhaseStats
-    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[PhaseStats, _Mapping]] = ...) -> None: ...
+    rejected: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[PhaseStats, _Mapping]] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FailRequest(_message.Message):
     __slots__ = ("round_id", "reason")
