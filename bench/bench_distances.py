@@ -169,9 +169,11 @@ def _warm(share: np.ndarray) -> np.ndarray:
 def party_setup(session: Any, seed: int, n: int, d: int, sigma: float) -> dict[str, Any]:
     _STATE.clear()
     gc.collect()
+    mem = _Mem()
     t0 = time.perf_counter()
     _STATE["share"] = make_share(session.rank, seed, n, d, sigma)
     return {
+        "mem": {f"setup {n}×{d}": mem.done()},
         "seconds": time.perf_counter() - t0,
         "rss_mib": _status_kib("VmRSS") / 1024,
         "torch_threads": torch.get_num_threads(),
@@ -382,7 +384,11 @@ def _pairmax(a: list[float], b: list[float]) -> list[float]:
 
 
 def _mb(nbytes: float) -> str:
-    return f"{nbytes / 1e6:,.1f} MB"
+    if nbytes >= 1e5:
+        return f"{nbytes / 1e6:,.1f} MB"
+    if nbytes >= 1e3:
+        return f"{nbytes / 1e3:,.1f} kB"
+    return f"{nbytes:.0f} B"
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -412,7 +418,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "party processes: server A, server B, dealer on one machine over loopback gloo",
             "order inside each party: secagg gram_pair, secagg sq_distances, profile, "
             "CrypTen default, Bulyan; peaks are per step (VmHWM reset before each step "
-            "via /proc/self/clear_refs when permitted) and ru_maxrss is the lifetime peak",
+            "via /proc/self/clear_refs when permitted); the process peak is the largest step "
+            "peak (max_step_peak_mib): ru_maxrss is reported too but the VmHWM resets "
+            "also reset the kernel's hiwater mark that it reads, so it is not a lifetime "
+            "peak here",
             "median s of a 2PC step = median over repeats of max(A's wall, B's wall)",
             "CrypTen counts sent+received bytes; 'sent' is half of its counter",
             f"each method first runs once untimed on {WARMUP_COLS} columns (warm-up)",
@@ -469,6 +478,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         _progress(f"parties: generating shares {n}×{d}")
         sa, sb = both(me.party_setup, args.seed, n, d, args.sigma)
+        collect_mem(sa, sb)
         res["config"]["torch_threads_party"] = sa["torch_threads"]
 
         # ---- 1. secagg distances
@@ -554,7 +564,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         # ---- 5. Bulyan coordinate stage
         _progress(f"bulyan: shares {bn}×{bd}, θ={theta}, f={bf}")
-        both(me.party_setup, args.seed + 1, bn, bd, args.sigma)
+        collect_mem(*both(me.party_setup, args.seed + 1, bn, bd, args.sigma))
         _progress(f"bulyan: bulyan_window_sum ×{reps}")
         ba, bb = both(me.party_bulyan, selected, bf, reps)
         collect_mem(ba, bb)
@@ -576,8 +586,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         _progress(f"bulyan: {_med(b_wall):.3f} s, exact={bulyan_ok}")
 
         fa, fb = both(me.party_final_memory)
-        mem["A"]["lifetime"] = fa
-        mem["B"]["lifetime"] = fb
+        for who, f in (("A", fa), ("B", fb)):
+            steps = [v["peak_mib"] for k, v in mem[who].items()]
+            f["max_step_peak_mib"] = max(steps) if steps else float("nan")
+            mem[who]["lifetime"] = f
         res["memory"] = mem
 
     res["correctness"] = {
@@ -764,8 +776,10 @@ def format_table(res: dict[str, Any]) -> str:
             if k != "lifetime"
         ]
         life = m["lifetime"]
+        lines.append(f"  {who}: " + "; ".join(parts))
         lines.append(
-            f"  {who}: " + "; ".join(parts) + f"; lifetime ru_maxrss {life['ru_maxrss_mib']:.0f}"
+            f"     process peak {life['max_step_peak_mib']:.0f} (largest step peak); "
+            f"ru_maxrss {life['ru_maxrss_mib']:.0f} (reset along with VmHWM, not lifetime)"
         )
     cr = res["correctness"]
     lines.append(
