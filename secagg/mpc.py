@@ -50,11 +50,15 @@ import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from secagg.prg import KEY_BYTES, AesCtrStream, fresh_key
+
+if TYPE_CHECKING:  # secagg.transport pulls in gRPC; only annotations need it here
+    from secagg.transport import TlsConfig
 
 log = logging.getLogger("secagg.mpc")
 
@@ -174,21 +178,31 @@ class _CsprngClient:
     """Party end of the dealer channel: a key-seeded AES-CTR stream per party."""
 
     def __init__(self, rank: int, ttp_group: object, timeout_s: float) -> None:
+        from secagg.mpc_link import point_to_point
+
         self.rank = rank
         self.ttp_group = ttp_group
-        key_t = torch.empty(KEY_BYTES // 8, dtype=torch.long)
-        dist.recv(key_t, src=RANK_DEALER, group=ttp_group)
+        # the dealer channel: gloo's ttp_group, or the mutual-TLS link to the dealer
+        self.link = point_to_point(ttp_group)
+        key_t = self.link.recv(torch.empty(KEY_BYTES // 8, dtype=torch.long), RANK_DEALER)
         self.stream = AesCtrStream(key_t.numpy().astype("<i8").tobytes())
         self.dealer_bytes = 0
 
-    def request(self, hdr: torch.Tensor, result_size: Sequence[int]) -> torch.Tensor:
+    def send_request(self, hdr: torch.Tensor) -> None:
+        """Ask the dealer for material; it starts computing while we do other work."""
         if self.rank != RANK_A:
             raise MpcError("only party 0 talks to the dealer")
-        dist.send(hdr, dst=RANK_DEALER, group=self.ttp_group)
-        out = torch.empty(tuple(result_size), dtype=torch.long)
-        dist.recv(out, src=RANK_DEALER, group=self.ttp_group)
-        self.dealer_bytes += hdr.numel() * 8 + out.numel() * 8
+        self.link.send(hdr, RANK_DEALER)
+        self.dealer_bytes += hdr.numel() * 8
+
+    def recv_result(self, result_size: Sequence[int]) -> torch.Tensor:
+        out = self.link.recv(torch.empty(tuple(result_size), dtype=torch.long), RANK_DEALER)
+        self.dealer_bytes += out.numel() * 8
         return out
+
+    def request(self, hdr: torch.Tensor, result_size: Sequence[int]) -> torch.Tensor:
+        self.send_request(hdr)
+        return self.recv_result(result_size)
 
 
 _CLIENT: _CsprngClient | None = None
@@ -293,13 +307,15 @@ class CsprngTTP(TrustedThirdParty):
         for ``D[i, j]`` and ``D[j, i]``.
         """
         cl = _client()
-        r = _ring(cl.stream, (n, d))
         if cl.rank == RANK_A:
             hdr = torch.zeros(_HDR, dtype=torch.long)
             hdr[0] = _F_GRAM
             hdr[1] = n
             hdr[2] = d
-            z = cl.request(hdr, (n, n))
+            cl.send_request(hdr)  # the dealer expands and multiplies while we expand R_A
+        r = _ring(cl.stream, (n, d))
+        if cl.rank == RANK_A:
+            z = cl.recv_result((n, n))
         else:
             u = _ring(cl.stream, (n, n))
             z = u + u.t()
@@ -327,12 +343,16 @@ def _register_provider() -> None:
 # ------------------------------------------------------------------- dealer
 class _Dealer:
     def __init__(self, ttp_group: object) -> None:
+        from secagg.mpc_link import point_to_point
+
         self.ttp_group = ttp_group
+        # gloo's ttp_group, or the dealer's mutual-TLS links to A and B
+        self.link = point_to_point(ttp_group)
         keys = [fresh_key() for _ in range(WORLD_SIZE)]
         self.streams = [AesCtrStream(k) for k in keys]
         for rank, key in enumerate(keys):
             t = torch.from_numpy(np.frombuffer(key, dtype="<i8").astype(np.int64))
-            dist.send(t, dst=rank, group=ttp_group)
+            self.link.send(t, rank)
         self.requests = 0
         self.bytes_sent = WORLD_SIZE * KEY_BYTES
 
@@ -397,26 +417,40 @@ class _Dealer:
         raise MpcError(f"bad dealer request: function {fid}")
 
     def serve(self) -> None:
-        hdr = torch.empty(_HDR, dtype=torch.long)
+        template = torch.empty(_HDR, dtype=torch.long)
         while True:
-            dist.recv(hdr, src=RANK_A, group=self.ttp_group)
+            # idle: between rounds the dealer may wait for A as long as A lives
+            hdr = self.link.recv(template, RANK_A, idle=True)
             result = self.handle(hdr)
             if result is None:
                 log.info("dealer: terminate received after %d requests", self.requests)
                 return
             self.requests += 1
             self.bytes_sent += result.numel() * 8
-            dist.send(result.contiguous(), dst=RANK_A, group=self.ttp_group)
+            self.link.send(result.contiguous(), RANK_A)
 
 
 # --------------------------------------------------------------- session setup
 @dataclass(frozen=True)
 class MpcEndpoint:
-    """Where the three parties meet: server A hosts the rendezvous store."""
+    """How this party reaches the others.
+
+    ``transport="gloo"``: torch.distributed over plaintext TCP; server A hosts the
+    rendezvous store at ``master_addr:master_port`` (gloo then opens ephemeral ports).
+    ``transport="mtls"``: :mod:`secagg.mpc_link`, one mutually authenticated TLS 1.3
+    connection per direction; this party listens on ``listen`` (while the session is
+    set up) and dials ``peers`` (party name → ``host:port``, names as in
+    :data:`secagg.mpc_link.PARTY_NAMES`); ``tls`` is this party's certificate, key and
+    the deployment CA. ``timeout_s`` bounds the setup and every wait for a message.
+    """
 
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     timeout_s: float = 120.0
+    transport: str = "gloo"
+    listen: str | None = None
+    peers: dict[str, str] = field(default_factory=dict)
+    tls: TlsConfig | None = None
 
 
 def _set_env(rank: int, ep: MpcEndpoint) -> None:
@@ -438,8 +472,22 @@ def _set_env(rank: int, ep: MpcEndpoint) -> None:
 
 
 def _init_comm(rank: int, ep: MpcEndpoint) -> None:
-    _set_env(rank, ep)
+    from secagg import mpc_link
+
+    if ep.transport not in mpc_link.TRANSPORTS:
+        raise MpcError(
+            f"unknown MPC transport {ep.transport!r}: use one of {', '.join(mpc_link.TRANSPORTS)}"
+        )
     _register_provider()
+    if ep.transport == mpc_link.TRANSPORT_MTLS:
+        # CrypTen's traffic and secagg's own both go over mutually authenticated TLS;
+        # torch.distributed is never initialised (no store, no gloo ports).
+        mpc_link.install(rank, ep)
+        comm.get().reset_communication_stats()
+        crypten.cfg.communicator.verbose = True
+        return
+    mpc_link.uninstall()  # a previous mtls session in this process must not linger
+    _set_env(rank, ep)
     try:
         comm._init(use_threads=False, rank=rank, world_size=WORLD_SIZE, init_ttp=True)
     except Exception as exc:  # torch raises several types for a failed rendezvous
@@ -467,6 +515,10 @@ def run_dealer(ep: MpcEndpoint, on_ready: Callable[[], None] | None = None) -> i
 
 
 def _teardown() -> None:
+    from secagg import mpc_link
+
+    if mpc_link.uninstall():  # closed this party's TLS links; no process group exists
+        return
     with contextlib.suppress(Exception):
         inst = comm.DistributedCommunicator.instance
         if inst is not None:
@@ -490,9 +542,17 @@ class MpcSession:
         global _CLIENT
         self.rank = rank
         self.endpoint = ep
+        from secagg.mpc_link import point_to_point
+
         _init_comm(rank, ep)
-        crypten._setup_prng()
-        _CLIENT = _CsprngClient(rank, comm.get().ttp_group, ep.timeout_s)
+        try:
+            crypten._setup_prng()
+            _CLIENT = _CsprngClient(rank, comm.get().ttp_group, ep.timeout_s)
+        except BaseException:
+            _teardown()  # do not leave links or process groups behind a failed join
+            raise
+        # secagg's own openings between A and B: gloo's main_group or the TLS link
+        self._link = point_to_point(comm.get().main_group)
         self.traffic = Traffic()
         self._sent = 0  # bytes this party sent in secagg's own openings
         self._rounds = 0
@@ -500,6 +560,7 @@ class MpcSession:
         # mask share of the Gram pair) is appended as (label, array): the privacy tests
         # analyse exactly what a curious server sees. Off (None) in production.
         self.transcript: list[tuple[str, np.ndarray]] | None = None
+        self._prepared: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.closed = False
         log.info("mpc: rank %d joined the session", rank)
 
@@ -527,10 +588,9 @@ class MpcSession:
     def _open(self, mine: torch.Tensor) -> torch.Tensor:
         """Open a shared tensor to both parties: send my share, receive the other's."""
         peer = 1 - self.rank
-        group = comm.get().main_group
-        other = torch.empty_like(mine)
-        req = dist.isend(mine.contiguous(), dst=peer, group=group)
-        dist.recv(other, src=peer, group=group)
+        # isend first: both parties send at once, and neither may block the other
+        req = self._link.isend(mine.contiguous(), peer)
+        other = self._link.recv(torch.empty_like(mine), peer)
         req.wait()
         self._sent += mine.numel() * 8
         self._rounds += 1
@@ -544,15 +604,13 @@ class MpcSession:
 
     def _open_to_a(self, mine: torch.Tensor) -> torch.Tensor | None:
         """Open a shared tensor to server A only."""
-        group = comm.get().main_group
         self._rounds += 1
         if self.rank == RANK_A:
-            other = torch.empty_like(mine)
-            dist.recv(other, src=RANK_B, group=group)
+            other = self._link.recv(torch.empty_like(mine), RANK_B)
             self._record("received", other)
             other += mine
             return other
-        dist.send(mine.contiguous(), dst=RANK_A, group=group)
+        self._link.send(mine.contiguous(), RANK_A)
         self._sent += mine.numel() * 8
         return None
 
@@ -568,32 +626,51 @@ class MpcSession:
         return torch.from_numpy(arr)
 
     # -------------------------------------------------------------- phases
+    def prepare_distances(self, n: int, d: int) -> None:
+        """Fetch the Gram pair (R, R R^T) for up to n rows of dimension d ahead of time.
+
+        The pair does not depend on the inputs, so the service calls this while shares
+        are still arriving; :meth:`sq_distances` then uses the first n' <= n rows (a row
+        subset of R has the matching sub-block of R R^T as its Gram matrix).
+        Collective: both parties call it with the same (n, d).
+        """
+        provider: CsprngTTP = crypten.mpc.get_default_provider()
+        with self._phase("prepare"):
+            self._prepared = (d, *provider.gram_pair(n, d))
+
     def sq_distances(self, share: np.ndarray) -> np.ndarray | None:
         """Pairwise squared distances of the n shared rows, revealed to server A only.
 
-        One masked opening ``E = X - R`` (n×d, each server sends its share once), then
-        ``[X X^T] = E E^T (party 0) + E [R]^T + [R] E^T + [Z]`` and
-        ``[D] = diag[G] 1^T + 1 diag[G]^T - 2[G]`` locally; B sends its n×n share of D
-        to A. Returns the int64 matrix at scale 2^32 on A, ``None`` on B.
+        One masked opening ``E = X - R`` (n×d, each server sends its share once). With
+        ``[G] = [X X^T] = E E^T (party 0) + E [R]^T + [R] E^T + [Z]``, each party needs a
+        single n×d×n product: party 0 ``P = E (E + 2 R_0)^T``, party 1 ``P = E (2 R_1)^T``,
+        so that ``P + P^T = 2([G] - [Z])`` and ``diag [G] = diag P + diag [Z]``. Then
+        ``[D] = diag[G] 1^T + 1 diag[G]^T - 2[G]`` locally, exact in the ring and exactly
+        symmetric, and B sends its n×n share of D to A. Returns the int64 matrix at
+        scale 2^32 on A, ``None`` on B.
         """
         x = self._as_tensor(share)
         if x.dim() != 2:
             raise ValueError("expected an n×d matrix of shares")
         n, d = x.shape
-        provider: CsprngTTP = crypten.mpc.get_default_provider()
+        prepared, self._prepared = self._prepared, None
         with self._phase("distances"):
-            r, z = provider.gram_pair(n, d)
+            if prepared is not None and prepared[0] == d and prepared[1].shape[0] >= n:
+                r, z = prepared[1][:n], prepared[2][:n, :n]
+            else:
+                provider: CsprngTTP = crypten.mpc.get_default_provider()
+                r, z = provider.gram_pair(n, d)
             self._record("own_mask_share", r)
             e = x - r
             e = self._open(e)  # E = E_A + E_B, the only n×d opening
-            m = e @ r.t()
+            other = 2 * r
             del r
-            g = m + m.t() + z
             if self.rank == RANK_A:
-                g += e @ e.t()
-            del e
-            diag = torch.diagonal(g)
-            dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - 2 * g
+                other += e
+            p = e @ other.t()
+            del e, other
+            diag = torch.diagonal(p) + torch.diagonal(z)
+            dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - (p + p.t()) - 2 * z
             out = self._open_to_a(dsh)
         return None if out is None else out.numpy()
 
@@ -726,7 +803,7 @@ class MpcSession:
             if self.rank == RANK_A:
                 hdr = torch.zeros(_HDR, dtype=torch.long)
                 hdr[0] = _F_TERMINATE
-                dist.send(hdr, dst=RANK_DEALER, group=comm.get().ttp_group)
+                _client().link.send(hdr, RANK_DEALER)
         _teardown()
 
 

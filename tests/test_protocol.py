@@ -147,3 +147,18 @@ def test_traffic_counters_report_one_opening(cluster):
         sent = out.traffic["bytes_sent"]["distances"]
         # one n×d opening each way (+ B's n×n share of D to A)
         assert 8 * n * d <= sent <= 8 * n * d + 8 * n * n + 64
+
+
+def _prepared_then_distances(session, n_prepared, share):  # runs inside each party
+    session.prepare_distances(n_prepared, share.shape[1])
+    return session.sq_distances(share)
+
+
+def test_prepared_gram_pair_serves_fewer_rows_exactly(cluster):
+    rng = np.random.default_rng(11)
+    Xenc = rng.integers(-(2**20), 2**20, size=(6, 300))
+    share_a, share_b = share_rows(Xenc)
+    # material fetched for 9 expected workers, used for the 6 that arrived
+    D, none = cluster.run(_prepared_then_distances, (9, share_a), (9, share_b))
+    assert none is None
+    np.testing.assert_array_equal(D, reference.sq_distances_int(Xenc))
