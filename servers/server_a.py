@@ -232,6 +232,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
     async def _coordinate(self, rnd: Round) -> None:
         rid = rnd.round_id
         try:
+            if rnd.config.rule is not Rule.MEAN:
+                await self._prepare(rnd)
             while True:  # collection: quorum on both servers, or the deadline
                 if rnd.state.terminal:
                     return
@@ -263,6 +265,24 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             reason = f"{type(exc).__name__}: {exc}"
             rnd.fail(reason)
             await self._fail_peer(rid, reason)
+
+    async def _prepare(self, rnd: Round) -> None:
+        """Fetch the dealer's Gram pair for n_expected rows while shares arrive: it does
+        not depend on them, and it is most of the distance phase's cost."""
+        assert self.session is not None
+        cfg = rnd.config
+        t0 = time.perf_counter()
+        async with self.mpc_lock:
+            await self._phase(
+                rnd,
+                pb.PHASE_PREPARE,
+                [],
+                [],
+                self.session.prepare_distances,
+                cfg.n_expected,
+                cfg.dim,
+            )
+        rnd.record_phase("prepare", seconds=time.perf_counter() - t0)
 
     async def _fail_peer(self, rid: str, reason: str) -> None:
         try:

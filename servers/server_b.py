@@ -170,6 +170,13 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "B's MPC session is not up yet")
         try:
             rnd = self.book.get(request.round_id)
+            if request.phase == pb.PHASE_PREPARE:  # input-independent: no state change
+                t0 = time.perf_counter()
+                await self._mpc(
+                    self.session.prepare_distances, rnd.config.n_expected, rnd.config.dim
+                )
+                stats = pb.PhaseStats(phase="prepare", seconds=time.perf_counter() - t0)
+                return pb.PhaseReply(round_id=rnd.round_id, phase=request.phase, stats=stats)
             participants = list(request.participants)
             if participants != list(rnd.participants):
                 raise transport.ProtocolError(

@@ -35,6 +35,7 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_REVEAL: _ClassVar[Phase]
     PHASE_BULYAN_COORDINATE: _ClassVar[Phase]
     PHASE_VALIDATION: _ClassVar[Phase]
+    PHASE_PREPARE: _ClassVar[Phase]
 RULE_UNSPECIFIED: Rule
 RULE_MEAN: Rule
 RULE_KRUM: Rule
@@ -55,6 +56,7 @@ PHASE_DISTANCES: Phase
 PHASE_REVEAL: Phase
 PHASE_BULYAN_COORDINATE: Phase
 PHASE_VALIDATION: Phase
+PHASE_PREPARE: Phase
 
 class RoundConfig(_message.Message):
     __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms", "projections", "skip_validation")
@@ -305,3 +307,21 @@ class FailRequest(_message.Message):
     round_id: str
     reason: str
     def __init__(self, round_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("epoch", "join")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    join: bool
+    def __init__(self, epoch: _Optional[str] = ..., join: _Optional[bool] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("epoch", "state", "detail")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    state: str
+    detail: str
+    def __init__(self, epoch: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -433,6 +433,11 @@ class PeerStub:
                 request_serializer=secagg_dot_v1_dot_secagg__pb2.RoundRef.SerializeToString,
                 response_deserializer=secagg_dot_v1_dot_secagg__pb2.RoundStatus.FromString,
                 _registered_method=True)
+        self.Session = channel.unary_unary(
+                '/secagg.v1.Peer/Session',
+                request_serializer=secagg_dot_v1_dot_secagg__pb2.SessionRequest.SerializeToString,
+                response_deserializer=secagg_dot_v1_dot_secagg__pb2.SessionReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -474,6 +479,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request, context):
+        """Leave or join an MPC session epoch, or report B's (see SessionRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -501,6 +513,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.GetPeerStatus,
                     request_deserializer=secagg_dot_v1_dot_secagg__pb2.RoundRef.FromString,
                     response_serializer=secagg_dot_v1_dot_secagg__pb2.RoundStatus.SerializeToString,
+            ),
+            'Session': grpc.unary_unary_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=secagg_dot_v1_dot_secagg__pb2.SessionRequest.FromString,
+                    response_serializer=secagg_dot_v1_dot_secagg__pb2.SessionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -639,6 +656,33 @@ class Peer:
             '/secagg.v1.Peer/GetPeerStatus',
             secagg_dot_v1_dot_secagg__pb2.RoundRef.SerializeToString,
             secagg_dot_v1_dot_secagg__pb2.RoundStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secagg.v1.Peer/Session',
+            secagg_dot_v1_dot_secagg__pb2.SessionRequest.SerializeToString,
+            secagg_dot_v1_dot_secagg__pb2.SessionReply.FromString,
             options,
             channel_credentials,
             insecure,
