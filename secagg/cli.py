@@ -5,6 +5,10 @@ Commands
 secagg up       server A, server B and the dealer on loopback (TLS on by default)
 secagg round    one aggregation round: each row of --inputs is one worker, through the SDK
 secagg certs    a dev CA and certificates for server-a, server-b, dealer, admin
+secagg tokens   issue worker tokens: the hashed store both servers read, the plaintext file
+secagg health   one gRPC health check (exit 0 when SERVING), for container probes
+secagg relay    forward one TCP port to one target (the compose file's network edges)
+secagg demo     federated training on digits under attack, secure next to plaintext
 secagg server-a | server-b | dealer   one process, for real deployments (see deploy/)
 """
 
@@ -70,6 +74,60 @@ def _describe(dep) -> dict:  # noqa: ANN001
 
 
 # --------------------------------------------------------------------- round
+def _pair(value: str, option: str) -> tuple[str, str]:
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise SystemExit(f"{option} takes two comma-separated values (server A's, B's): {value!r}")
+    return parts[0], parts[1]
+
+
+def _remote_credentials(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[dict[str, str], bool, Path | None, str, str | None]:
+    """(tokens, tls, pki dir, admin address, admin token) for ``round --servers``.
+
+    Explicit options win; whatever is missing comes from the ``--workdir`` that
+    ``secagg up`` wrote (deployment.json, worker-tokens.plain.json, admin-token), so
+    the original ``--servers`` + ``--workdir`` use keeps working unchanged, and a
+    deployment that ``secagg up`` did not start (docker compose, three machines) needs
+    no workdir at all: ``--tls-dir``, ``--tokens`` and ``--admin``.
+    """
+    info: dict | None = None
+
+    def deployment() -> dict:
+        nonlocal info
+        if info is None:
+            path = _deployment_file(workdir)
+            if not path.exists():
+                raise SystemExit(
+                    f"{path} not found: for a deployment not started by `secagg up`, pass "
+                    "--tls-dir (or --insecure), --tokens and --admin"
+                )
+            info = json.loads(path.read_text())
+        return info
+
+    tokens_file = Path(args.tokens) if args.tokens else workdir / "worker-tokens.plain.json"
+    try:
+        tokens = json.loads(tokens_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read worker tokens from {tokens_file}: {exc}") from None
+    if args.tls_dir:
+        tls, pki = True, Path(args.tls_dir)
+    elif args.insecure:
+        tls, pki = False, None
+    else:
+        tls = bool(deployment()["tls"])
+        pki = Path(deployment()["pki"]) if tls else None
+    admin_addr = args.admin or deployment()["admin"]
+    admin_token = None
+    if not tls:  # with TLS the admin certificate in the pki dir is the identity
+        token_file = (
+            Path(args.admin_token_file) if args.admin_token_file else workdir / "admin-token"
+        )
+        admin_token = token_file.read_text().strip()
+    return tokens, tls, pki, admin_addr, admin_token
+
+
 def cmd_round(args: argparse.Namespace) -> int:
     from clients.admin import AdminClient
     from clients.sdk import SecAggClient
@@ -87,13 +145,8 @@ def cmd_round(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     try:
         if args.servers:
-            info = json.loads(_deployment_file(workdir).read_text())
-            addr_a, addr_b = args.servers.split(",")
-            tokens = json.loads((workdir / "worker-tokens.plain.json").read_text())
-            tls = info["tls"]
-            pki = Path(info["pki"]) if tls else None
-            admin_addr = args.admin or info["admin"]
-            admin_token = (workdir / "admin-token").read_text() if not tls else None
+            addr_a, addr_b = _pair(args.servers, "--servers")
+            tokens, tls, pki, admin_addr, admin_token = _remote_credentials(args, workdir)
         else:
             from servers.launcher import LocalDeployment
 
@@ -109,6 +162,12 @@ def cmd_round(args: argparse.Namespace) -> int:
             raise SystemExit(f"{n} input rows but only {len(ids)} worker tokens: issue more")
         worker_tls = transport.TlsConfig(ca_cert=pki / "ca.pem") if tls else None
         admin_tls = transport.TlsConfig.from_pki(pki, "admin") if tls else None
+        # names in the servers' certificates, when the addresses dialled differ (relays)
+        names: tuple[str | None, str | None] = (
+            _pair(args.tls_server_names, "--tls-server-names")
+            if args.tls_server_names
+            else (None, None)
+        )
         coord = args.coord_bound or float(np.max(np.abs(X))) * 1.01 or 1.0
         norm = (
             args.norm_bound or float(np.max(np.linalg.norm(X * args.scale, axis=1))) * 1.01 or 1.0
@@ -128,7 +187,7 @@ def cmd_round(args: argparse.Namespace) -> int:
             quorum=0,
             deadline_unix_ms=int((time.time() + args.deadline_s) * 1000),
         )
-        admin = AdminClient(admin_addr, admin_tls, token=admin_token)
+        admin = AdminClient(admin_addr, admin_tls, token=admin_token, server_name=names[0])
         admin.open_round(config)
         _progress(f"round {round_id} open: n={n}, d={d}, rule={args.rule}, f={args.f}")
         params = encoding.EncodingParams(
@@ -137,7 +196,9 @@ def cmd_round(args: argparse.Namespace) -> int:
 
         def submit(i: int) -> float:
             t0 = time.perf_counter()
-            with SecAggClient(addr_a, addr_b, ids[i], tokens[ids[i]], tls=worker_tls) as c:
+            with SecAggClient(
+                addr_a, addr_b, ids[i], tokens[ids[i]], tls=worker_tls, server_names=names
+            ) as c:
                 c.submit(round_id, X[i].astype(np.float64), params)
             return time.perf_counter() - t0
 
@@ -148,7 +209,9 @@ def cmd_round(args: argparse.Namespace) -> int:
                 if k % max(1, n // 10) == 0 or k == n:
                     _progress(f"submitted {k}/{n} workers")
         t_sub = time.perf_counter()
-        with SecAggClient(addr_a, addr_b, ids[0], tokens[ids[0]], tls=worker_tls) as c:
+        with SecAggClient(
+            addr_a, addr_b, ids[0], tokens[ids[0]], tls=worker_tls, server_names=names
+        ) as c:
             agg = c.wait_for_result(round_id, timeout_s=args.deadline_s + 600)
         t_done = time.perf_counter()
         report_msg = admin.get_round_report(round_id)
@@ -228,6 +291,52 @@ def cmd_round(args: argparse.Namespace) -> int:
             dep.stop()
 
 
+# --------------------------------------------------------------------- tokens
+def _write_secret_json(path: Path, data: dict[str, str]) -> None:
+    """Atomic write, created 0600 (mkstemp's mode): the file holds bearer tokens."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from secagg import transport
+
+    store, plain = Path(args.store), Path(args.plain)
+    if args.if_absent and store.exists():
+        # provisioning runs at every `docker compose up`: re-issuing would lock out
+        # every worker holding the current tokens, so rotation must be asked for
+        _progress(f"{store} exists; tokens unchanged (rotate: run without --if-absent)")
+        return 0
+    if args.ids:
+        ids = [i.strip() for i in args.ids.split(",") if i.strip()]
+    else:
+        ids = [f"{args.prefix}{i:03d}" for i in range(args.workers)]
+    if not ids:
+        raise SystemExit("no worker ids: pass --workers N (N >= 1) or --ids ID,ID,...")
+    try:
+        tokens = transport.issue_tokens(ids, store)  # keeps other workers' hashes
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    merged = json.loads(plain.read_text()) if plain.exists() else {}
+    merged.update(tokens)
+    _write_secret_json(plain, merged)
+    print(
+        f"{len(ids)} worker tokens issued: hashes in {store} (give it to both servers), "
+        f"tokens in {plain} (hand each to its worker over a secure channel)"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------- certs
 def cmd_certs(args: argparse.Namespace) -> int:
     from secagg import transport
@@ -237,14 +346,31 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    # examples/ is not an installed package: import it from the source checkout
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from examples import train_digits
+    except ImportError as exc:
+        raise SystemExit(
+            f"secagg demo needs the source checkout's examples/ and scikit-learn "
+            f"(requirements/dev.txt): {exc}"
+        ) from None
+    forwarded = ["--rounds", str(args.rounds), "--out", args.out]
+    return train_digits.main(forwarded + (["--insecure"] if args.insecure else []))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("server-a", "server-b", "dealer"):
+    if argv and argv[0] in ("server-a", "server-b", "dealer", "health", "relay"):
         import importlib
 
         mod = importlib.import_module("servers." + argv[0].replace("-", "_"))
-        mod.main(argv[1:])
-        return 0
+        # health's exit status is its answer; the servers return None (0)
+        return int(mod.main(argv[1:]) or 0)
     p = argparse.ArgumentParser(
         prog="secagg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -263,13 +389,39 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--report", required=True)
     rd.add_argument("--servers", default=None, help="A_ADDR,B_ADDR of a running `secagg up`")
     rd.add_argument("--admin", default=None, help="server A's admin (control) address")
+    rd.add_argument(
+        "--tls-dir",
+        default=None,
+        help="with --servers: ca.pem plus the operator's admin.pem/admin.key "
+        "(default: the pki of the --workdir deployment)",
+    )
+    rd.add_argument(
+        "--tokens",
+        default=None,
+        help="with --servers: JSON worker id -> token (default: WORKDIR/worker-tokens.plain.json)",
+    )
+    rd.add_argument(
+        "--admin-token-file",
+        default=None,
+        help="with --servers and TLS off: the operator's token (default: WORKDIR/admin-token)",
+    )
+    rd.add_argument(
+        "--tls-server-names",
+        default=None,
+        help="A_NAME,B_NAME expected in the servers' certificates when the --servers "
+        "hosts differ (relays, IP addresses)",
+    )
     rd.add_argument("--workdir", default=".secagg")
     rd.add_argument("--scale", type=float, default=1.0, help="public fixed-point scale")
     rd.add_argument("--coord-bound", type=float, default=None)
     rd.add_argument("--norm-bound", type=float, default=None)
     rd.add_argument("--deadline-s", type=float, default=120.0)
     rd.add_argument("--round-id", default=None)
-    rd.add_argument("--insecure", action="store_true")
+    rd.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS (tokens only); with --servers it overrides deployment.json",
+    )
     rd.add_argument(
         "--check",
         action="store_true",
@@ -280,6 +432,26 @@ def main(argv: list[str] | None = None) -> int:
     ce.add_argument("--out", default=".secagg/pki")
     ce.add_argument("--force", action="store_true")
     ce.set_defaults(fn=cmd_certs)
+    tk = sub.add_parser("tokens", help="issue worker tokens (hashed store + plaintext file)")
+    who = tk.add_mutually_exclusive_group(required=True)
+    who.add_argument("--workers", type=int, help="issue PREFIX000 ... PREFIX{N-1}")
+    who.add_argument("--ids", help="comma-separated worker ids (re-issue = rotate)")
+    tk.add_argument("--prefix", default="worker-")
+    tk.add_argument("--store", required=True, help="hashed store both servers read")
+    tk.add_argument("--plain", required=True, help="id -> token JSON, for the workers")
+    tk.add_argument(
+        "--if-absent", action="store_true", help="do nothing when --store already exists"
+    )
+    tk.set_defaults(fn=cmd_tokens)
+    dm = sub.add_parser(
+        "demo",
+        help="train on digits through real servers under attack (short grid; the full "
+        "table: python -m examples.train_digits --full)",
+    )
+    dm.add_argument("--rounds", type=int, default=10)
+    dm.add_argument("--out", default="out/demo")
+    dm.add_argument("--insecure", action="store_true", help="no TLS (tokens only)")
+    dm.set_defaults(fn=cmd_demo)
     args = p.parse_args(argv)
     return int(args.fn(args))
 
