@@ -74,6 +74,19 @@ def _describe(dep) -> dict:  # noqa: ANN001
 
 
 # --------------------------------------------------------------------- round
+def auto_scale(X: np.ndarray, target_norm: float = 64.0) -> float:
+    """A power of two (exact in binary) bringing the largest row norm to <= target_norm.
+
+    Input validation admits vectors up to about 113× the honest bound, so the bound
+    after scaling must stay near 200 or below (secagg.validation); scaling up small
+    gradients uses the 16 fractional bits fully.
+    """
+    top = float(np.max(np.linalg.norm(X, axis=1)))
+    if not np.isfinite(top) or top == 0.0:
+        return 1.0
+    return float(2.0 ** np.floor(np.log2(target_norm / top)))
+
+
 def _pair(value: str, option: str) -> tuple[str, str]:
     parts = [p.strip() for p in value.split(",")]
     if len(parts) != 2 or not all(parts):
@@ -168,10 +181,9 @@ def cmd_round(args: argparse.Namespace) -> int:
             if args.tls_server_names
             else (None, None)
         )
+        scale = args.scale or auto_scale(X)
         coord = args.coord_bound or float(np.max(np.abs(X))) * 1.01 or 1.0
-        norm = (
-            args.norm_bound or float(np.max(np.linalg.norm(X * args.scale, axis=1))) * 1.01 or 1.0
-        )
+        norm = args.norm_bound or float(np.max(np.linalg.norm(X * scale, axis=1))) * 1.01 or 1.0
         norm = min(norm, encoding.MAX_NORM_BOUND * 0.999)
         round_id = args.round_id or f"round-{uuid.uuid4().hex[:12]}"
         config = RoundConfig(
@@ -181,18 +193,17 @@ def cmd_round(args: argparse.Namespace) -> int:
             rule=args.rule,
             m=args.m or 0,
             dim=d,
-            scale=args.scale,
-            coord_bound=coord * args.scale,
+            scale=scale,
+            coord_bound=coord * scale,
             norm_bound=norm,
             quorum=0,
+            skip_validation=args.skip_validation,
             deadline_unix_ms=int((time.time() + args.deadline_s) * 1000),
         )
         admin = AdminClient(admin_addr, admin_tls, token=admin_token, server_name=names[0])
         admin.open_round(config)
         _progress(f"round {round_id} open: n={n}, d={d}, rule={args.rule}, f={args.f}")
-        params = encoding.EncodingParams(
-            scale=args.scale, coord_bound=coord * args.scale, norm_bound=norm
-        )
+        params = encoding.EncodingParams(scale=scale, coord_bound=coord * scale, norm_bound=norm)
 
         def submit(i: int) -> float:
             t0 = time.perf_counter()
@@ -412,7 +423,18 @@ def main(argv: list[str] | None = None) -> int:
         "hosts differ (relays, IP addresses)",
     )
     rd.add_argument("--workdir", default=".secagg")
-    rd.add_argument("--scale", type=float, default=1.0, help="public fixed-point scale")
+    rd.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="public fixed-point scale (default: the power of two that brings the "
+        "largest row norm to at most 64, which input validation's headroom allows)",
+    )
+    rd.add_argument(
+        "--skip-validation",
+        action="store_true",
+        help="no 2PC input validation (only to demonstrate the attack it stops)",
+    )
     rd.add_argument("--coord-bound", type=float, default=None)
     rd.add_argument("--norm-bound", type=float, default=None)
     rd.add_argument("--deadline-s", type=float, default=120.0)

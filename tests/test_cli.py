@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from secagg import encoding, reference
+from secagg.cli import auto_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,9 +56,11 @@ def test_secagg_round_writes_aggregate_and_report(tmp_path):
     D = np.asarray(report["distances"])
     np.testing.assert_array_equal(D, D.T)
     agg = np.load(out)
-    coord = float(np.max(np.abs(X))) * 1.01
-    norm = float(np.max(np.linalg.norm(X, axis=1))) * 1.01
-    params = encoding.EncodingParams(scale=1.0, coord_bound=coord, norm_bound=norm)
+    scale = auto_scale(X)  # the CLI's default: a power of two, largest norm <= 64
+    assert 32 < np.max(np.linalg.norm(X * scale, axis=1)) <= 64
+    coord = float(np.max(np.abs(X))) * 1.01 * scale
+    norm = float(np.max(np.linalg.norm(X * scale, axis=1))) * 1.01
+    params = encoding.EncodingParams(scale=scale, coord_bound=coord, norm_bound=norm)
     ref = reference.aggregate_encoded(
         np.stack([encoding.encode(r, params) for r in X]), "multi-krum", 2
     )
