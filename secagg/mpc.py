@@ -3,9 +3,13 @@
 Parties
 -------
 Rank 0 is server A, rank 1 is server B and rank 2 is the dealer (CrypTen's "TTP").
-The three processes meet over torch.distributed/gloo (``env://`` rendezvous hosted
-by server A). One :class:`MpcSession` per server process is initialised once and
-reused for every round; the dealer process runs :func:`run_dealer` until told to stop.
+The three processes meet either over torch.distributed/gloo (``env://`` rendezvous
+hosted by server A; plaintext TCP, for one trusted host or network) or, with
+``MpcEndpoint(transport="mtls")``, over mutually authenticated TLS 1.3 links between
+the parties' certificate identities (:mod:`secagg.mpc_link`), which replace CrypTen's
+communicator and the dealer channel; no gloo port exists then. One
+:class:`MpcSession` per server process is initialised once and reused for every round;
+the dealer process runs :func:`run_dealer` until told to stop.
 
 Why a custom dealer
 -------------------
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import sys
@@ -115,7 +120,7 @@ class MpcError(RuntimeError):
 # ------------------------------------------------------------ dealer wire format
 # Requests from party 0 to the dealer are a fixed int64 header, never a pickle.
 _HDR = 32
-_F_TERMINATE, _F_ADDITIVE, _F_SQUARE, _F_BINARY, _F_WRAPS, _F_B2A, _F_GRAM = range(7)
+_F_TERMINATE, _F_ADDITIVE, _F_SQUARE, _F_BINARY, _F_WRAPS, _F_B2A, _F_GRAM, _F_PING = range(8)
 _OPS = ("mul", "matmul")
 _MAX_DIMS = 8  # CrypTen's circuits stack masks on top of the operands' dimensions
 # The dealer refuses absurd sizes instead of trying to allocate them.
@@ -379,6 +384,8 @@ class _Dealer:
         fid = int(hdr[0])
         if fid == _F_TERMINATE:
             return None
+        if fid == _F_PING:  # liveness probe from server A: draws from no stream
+            return torch.zeros(1, dtype=torch.long)
         if fid == _F_ADDITIVE:
             op_id = int(hdr[1])
             if not 0 <= op_id < len(_OPS):
@@ -491,6 +498,9 @@ def _init_comm(rank: int, ep: MpcEndpoint) -> None:
     try:
         comm._init(use_threads=False, rank=rank, world_size=WORLD_SIZE, init_ttp=True)
     except Exception as exc:  # torch raises several types for a failed rendezvous
+        # A join can fail half-way (default group up, a sub-group not): leave nothing
+        # behind, or CrypTen would skip its set-up on the next attempt in this process.
+        _teardown()
         raise MpcError(
             f"could not join the MPC session at {ep.master_addr}:{ep.master_port} "
             f"as rank {rank}: {exc}. Check that server A, server B and the dealer are "
@@ -503,29 +513,60 @@ def _init_comm(rank: int, ep: MpcEndpoint) -> None:
 def run_dealer(ep: MpcEndpoint, on_ready: Callable[[], None] | None = None) -> int:
     """Run the dealer (rank 2) until server A ends the session; returns requests served."""
     _init_comm(RANK_DEALER, ep)
-    dealer = _Dealer(comm.get().ttp_group)
-    if on_ready is not None:
-        on_ready()
-    log.info("dealer: session up, serving CSPRNG correlated randomness")
-    try:
+    try:  # sending the keys can fail too (a party died meanwhile): clean up then as well
+        dealer = _Dealer(comm.get().ttp_group)
+        if on_ready is not None:
+            on_ready()
+        log.info("dealer: session up, serving CSPRNG correlated randomness")
         dealer.serve()
     finally:
         _teardown()
     return dealer.requests
 
 
+def _empty_rendezvous_store() -> None:
+    """Server A: delete the finished session's keys from the store it hosts.
+
+    torch's TCPStore is multi-tenant per process and port: if anything still pins the
+    old server (a failed step's pending work, a traceback), the next session's store
+    *is* that server, and B or the dealer would read the dead session's addresses and
+    dial ranks that no longer exist. An empty key space makes a reused server as good
+    as a new one.
+    """
+    with contextlib.suppress(Exception):  # no default group, or not the host: nothing to do
+        if dist.get_rank() != RANK_A:
+            return  # only the host: a late teardown elsewhere must not wipe a new session
+        store = dist.distributed_c10d._get_default_store()
+        while isinstance(getattr(store, "underlying_store", None), dist.Store):
+            store = store.underlying_store
+        for key in store.list_keys():
+            store.delete_key(key)
+
+
 def _teardown() -> None:
     from secagg import mpc_link
 
+    global _CLIENT
+    # The dealer client holds gloo's ttp_group, whose store on server A is torch's
+    # multi-tenant TCPStore: while referenced it keeps the rendezvous port bound with
+    # the old session's keys, and a new session in this process would join stale ranks.
+    _CLIENT = None
     if mpc_link.uninstall():  # closed this party's TLS links; no process group exists
         return
-    with contextlib.suppress(Exception):
-        inst = comm.DistributedCommunicator.instance
-        if inst is not None:
-            dist.destroy_process_group(inst.main_group)
-            dist.destroy_process_group(inst.ttp_group)
-        dist.destroy_process_group()
+    # One by one: after a peer died, shutting a sub-group down can raise, and skipping
+    # the rest would leave the default group (and its store, and torch's group counter)
+    # behind, so that the next session in this process could never form.
+    inst = comm.DistributedCommunicator.instance
+    groups = [] if inst is None else [inst.main_group, inst.ttp_group]
+    _empty_rendezvous_store()
+    for group in [*groups, None]:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group(group)
     comm.DistributedCommunicator.instance = None
+    del inst, groups
+    # a failed 2PC step leaves tracebacks in reference cycles that still point at the
+    # groups; collect them now rather than whenever the cyclic GC would
+    gc.collect()
 
 
 class MpcSession:
@@ -794,6 +835,18 @@ class MpcSession:
             out = best_sum._tensor.reveal()
         return out.numpy()
 
+    def ping_dealer(self) -> None:
+        """Server A: one round trip to the dealer, between rounds; raises if it is gone.
+
+        Lets server A notice a dead dealer while idle, so the session is rebuilt before
+        the next round needs it. Draws nothing from the mask streams.
+        """
+        if self.rank != RANK_A or self.closed:
+            return
+        hdr = torch.zeros(_HDR, dtype=torch.long)
+        hdr[0] = _F_PING
+        _client().request(hdr, (1,))
+
     def close(self) -> None:
         """End the session; server A also tells the dealer to stop."""
         if self.closed:
@@ -805,6 +858,10 @@ class MpcSession:
                 hdr[0] = _F_TERMINATE
                 _client().link.send(hdr, RANK_DEALER)
         _teardown()
+        # Our channel to B holds gloo's main_group, which (like the dealer client, see
+        # _teardown) would pin A's rendezvous store and its stale keys: let it go.
+        with contextlib.suppress(AttributeError):
+            del self._link
 
 
 def _shared(share: torch.Tensor) -> MPCTensor:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
+    from secagg.store import RoundStore
     from secagg.v1 import secagg_pb2
 
 __all__ = [
@@ -67,7 +68,9 @@ __all__ = [
     "RoundConfig",
     "RoundError",
     "RoundFailed",
+    "RoundSnapshot",
     "RoundState",
+    "StorageError",
     "Rule",
     "Submission",
     "UnknownRound",
@@ -205,6 +208,13 @@ ALLOWED_TRANSITIONS: Mapping[RoundState, frozenset[RoundState]] = {
     _S.FAILED: frozenset(),
 }
 
+#: States in which a 2PC computation is running. Recovery (:meth:`Round.rewind_2pc`)
+#: may take a round from these back to PARTICIPANTS_FIXED, outside the table above:
+#: the computation died with its MPC session and is run again.
+_TWO_PC_STATES: frozenset[RoundState] = frozenset(
+    {_S.VALIDATION, _S.DISTANCES, _S.SELECTION, _S.REVEAL}
+)
+
 
 # ---------------------------------------------------------------------------- errors
 
@@ -262,6 +272,12 @@ class RoundFailed(RoundError):
 
 class IllegalTransition(RoundError):
     code = "FAILED_PRECONDITION"
+
+
+class StorageError(RoundError):
+    """The submission could not be written to disk, so no receipt was issued."""
+
+    code = "UNAVAILABLE"  # transient: the SDK retries UNAVAILABLE
 
 
 # ---------------------------------------------------------------------------- config
@@ -556,8 +572,9 @@ class PhaseStats:
 class DigestRegistry:
     """Payload digests accepted so far, across rounds: the replay guard.
 
-    Shared by every :class:`Round` of a :class:`RoundBook`. In memory only: a server
-    restart forgets it (and its rounds).
+    Shared by every :class:`Round` of a :class:`RoundBook`. With a store
+    (:mod:`secagg.store`) the digests are on disk with their submissions and a
+    restarted server rebuilds the registry from them (:meth:`RoundBook.restore`).
     """
 
     def __init__(self) -> None:
@@ -572,8 +589,30 @@ class DigestRegistry:
                 self._owners[digest] = (round_id, worker_id)
             return owner
 
+    def release(self, digest: bytes, round_id: str, worker_id: str) -> None:
+        """Undo a :meth:`claim` whose submission could not be stored."""
+        with self._lock:
+            if self._owners.get(digest) == (round_id, worker_id):
+                del self._owners[digest]
+
     def __len__(self) -> int:
         return len(self._owners)
+
+
+@dataclass(frozen=True)
+class RoundSnapshot:
+    """A round's state without its submissions: what a store keeps and restores."""
+
+    config: RoundConfig
+    state: RoundState
+    failure_reason: str
+    participants: tuple[str, ...]
+    mismatched: tuple[str, ...]
+    selected: tuple[str, ...]
+    excluded: dict[str, str]
+    phases: tuple[PhaseStats, ...]
+    opened_unix_ms: int
+    updated_unix_ms: int
 
 
 def _log_event(event: str, **fields: Any) -> None:
@@ -599,6 +638,9 @@ class Round:
         This server's name, written into receipts ("server-a" / "server-b").
     clock
         Seconds since the epoch; injectable for tests.
+    store
+        Where accepted submissions and every state change are written
+        (:mod:`secagg.store`); None keeps the round in memory only.
     """
 
     def __init__(
@@ -609,13 +651,22 @@ class Round:
         digests: DigestRegistry | None = None,
         server: str = "",
         clock: Callable[[], float] = time.time,
+        store: RoundStore | None = None,
+        _announce: bool = True,
     ) -> None:
         self.config = config
         self.server = server
         self._workers = None if workers is None else frozenset(workers)
         self._digests = digests if digests is not None else DigestRegistry()
         self._clock = clock
+        self._store = store
         self._lock = threading.RLock()
+        # Submissions being written to the store, outside the lock: worker -> digest.
+        # fix_participants waits for them (a receipt may already be on its way) and
+        # ``_closing`` stops new ones meanwhile.
+        self._cond = threading.Condition(self._lock)
+        self._pending: dict[str, bytes] = {}
+        self._closing = False
         self._state = RoundState.OPEN
         self._failure_reason = ""
         self._subs: dict[str, Submission] = {}
@@ -627,6 +678,8 @@ class Round:
         self.opened_unix_ms = _now_ms(clock)
         self._updated_unix_ms = self.opened_unix_ms
         self._entered = clock()
+        if not _announce:  # Round.restore logs its own event
+            return
         _log_event(
             "round_opened",
             round_id=config.round_id,
@@ -738,15 +791,28 @@ class Round:
         RoundError
             :class:`UnknownWorker`, :class:`InvalidSubmission`,
             :class:`ConflictingSubmission`, :class:`ReplayedSubmission`,
-            :class:`LateSubmission` or :class:`RoundFailed`.
+            :class:`LateSubmission`, :class:`RoundFailed`, or :class:`StorageError`
+            when the round has a store that could not write it (no receipt then).
         """
         rid = self.round_id
         try:
             self._check_submission_shape(worker_id, submission_id, payload)
             if digest is None:
                 digest = payload_digest(payload)
-            with self._lock:
-                receipt, outcome = self._submit_locked(worker_id, submission_id, payload, digest)
+            with self._cond:
+                while True:
+                    receipt, outcome = self._submit_locked(
+                        worker_id, submission_id, payload, digest
+                    )
+                    if outcome != "wait":
+                        break
+                    # an identical retry while the first copy is being written: wait
+                    # for it, then answer with its receipt
+                    self._cond.wait()
+            assert receipt is not None
+            if outcome == "reserved":
+                sub = Submission(worker_id, submission_id, digest, payload, receipt)
+                outcome = self._persist(sub)
         except RoundError as exc:
             _log_event(
                 "submission",
@@ -798,7 +864,7 @@ class Round:
 
     def _submit_locked(
         self, worker_id: str, submission_id: str, payload: bytes | np.ndarray, digest: bytes
-    ) -> tuple[Receipt, str]:
+    ) -> tuple[Receipt | None, str]:
         rid = self.round_id
         existing = self._subs.get(worker_id)
         if existing is not None:
@@ -810,6 +876,14 @@ class Round:
                 f"worker {worker_id!r} already submitted a different payload to round "
                 f"{rid!r} (submission {existing.submission_id!r}); the first submission "
                 "stands: do not resubmit with new data, wait for the next round"
+            )
+        pending = self._pending.get(worker_id)
+        if pending is not None:
+            if pending == digest:
+                return None, "wait"
+            raise ConflictingSubmission(
+                f"worker {worker_id!r} is already submitting a different payload to round "
+                f"{rid!r}; the first submission stands: do not resubmit with new data"
             )
         if self._state is RoundState.FAILED:
             raise RoundFailed(
@@ -823,6 +897,11 @@ class Round:
         if self.deadline_passed():
             raise LateSubmission(
                 f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
+                "submit to the next round"
+            )
+        if self._closing:
+            raise LateSubmission(
+                f"round {rid!r} is fixing its participants and takes no new submissions: "
                 "submit to the next round"
             )
         owner = self._digests.claim(digest, rid, worker_id)
@@ -841,10 +920,45 @@ class Round:
             accepted_unix_ms=_now_ms(self._clock),
             server=self.server,
         )
-        self._subs[worker_id] = Submission(worker_id, submission_id, digest, payload, receipt)
+        if self._store is not None:
+            # Written by _persist outside the lock: an fsync must not stall status reads
+            # or other workers; the reservation keeps the worker's slot meanwhile.
+            self._pending[worker_id] = digest
+            return receipt, "reserved"
+        self._commit_locked(Submission(worker_id, submission_id, digest, payload, receipt))
+        return receipt, "accepted"
+
+    def _commit_locked(self, sub: Submission) -> None:
+        self._subs[sub.worker_id] = sub
         if self._state is RoundState.OPEN:
             self._transition_locked(RoundState.COLLECTING, "first submission accepted")
-        return receipt, "accepted"
+
+    def _persist(self, sub: Submission) -> str:
+        """Write a reserved submission durably, then make it part of the round.
+
+        Only after this returns may the receipt leave the server: a server killed at
+        any point before has issued no receipt, and one killed after reloads it.
+        """
+        assert self._store is not None
+        try:
+            self._store.add_submission(self.round_id, sub)
+        except Exception as exc:
+            with self._cond:
+                del self._pending[sub.worker_id]
+                self._digests.release(sub.digest, self.round_id, sub.worker_id)
+                self._cond.notify_all()
+            log.exception(
+                json.dumps({"event": "store_failed", "round_id": self.round_id, "op": "submit"})
+            )
+            raise StorageError(
+                f"the server could not store this submission ({type(exc).__name__}); "
+                "nothing was accepted: retry"
+            ) from exc
+        with self._cond:
+            del self._pending[sub.worker_id]
+            self._commit_locked(sub)
+            self._cond.notify_all()
+        return "accepted"
 
     # ----------------------------------------------------------------- transitions
     def transition(self, to: RoundState, reason: str = "") -> None:
@@ -881,6 +995,13 @@ class Round:
         self._entered = now
         self._state = to
         self._updated_unix_ms = int(now * 1000)
+        if to.terminal:
+            # nothing reads a finished round's payloads again: free them, so memory is
+            # bounded by the open rounds (receipts and digests stay for retries/replays)
+            self._subs = {
+                w: Submission(s.worker_id, s.submission_id, s.digest, b"", s.receipt)
+                for w, s in self._subs.items()
+            }
         _log_event(
             "round_state",
             round_id=self.round_id,
@@ -891,6 +1012,24 @@ class Round:
             participants=len(self._participants),
             selected=len(self._selected),
         )
+        self._save_locked()
+
+    def _save_locked(self) -> None:
+        """Write the round's state to the store, if any.
+
+        A failed write is logged, not raised: every state a restart could find is one
+        the recovery handles (an earlier state is resumed, see :meth:`rewind_2pc` and
+        ``servers.session``), whereas failing here would abort the very transition that
+        reports a failure. Submissions, which carry receipts, are strict (:meth:`_persist`).
+        """
+        if self._store is None:
+            return
+        try:
+            self._store.save_round(self._snapshot_locked())
+        except Exception:
+            log.exception(
+                json.dumps({"event": "store_failed", "round_id": self.round_id, "op": "state"})
+            )
 
     def fix_participants(
         self, ids_from_other_server: Iterable[str] | Mapping[str, str]
@@ -918,12 +1057,19 @@ class Round:
             If fewer workers remain than the rule needs (the round is failed first), or
             Multi-Krum's configured m exceeds them.
         """
-        with self._lock:
-            if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
-                raise IllegalTransition(
-                    f"round {self.round_id!r}: participants can only be fixed while "
-                    f"collecting, the round is {self._state.value}"
-                )
+        with self._cond:
+            while True:
+                if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
+                    raise IllegalTransition(
+                        f"round {self.round_id!r}: participants can only be fixed while "
+                        f"collecting, the round is {self._state.value}"
+                    )
+                if not self._pending:
+                    break
+                # Submissions being written may already have receipts on their way, so
+                # they belong to the round: refuse new ones, wait for these.
+                self._closing = True
+                self._cond.wait()
             ours = self._subs
             if isinstance(ids_from_other_server, Mapping):
                 common = {w for w in ids_from_other_server if w in ours}
@@ -935,6 +1081,7 @@ class Round:
                 mismatched = []
                 chosen = sorted({w for w in ids_from_other_server if w in ours})
             self._mismatched = tuple(mismatched)
+            self._record_dropouts_locked(ids_from_other_server, chosen, mismatched)
             n, cfg = len(chosen), self.config
             problem = ""
             if n < cfg.min_participants:
@@ -961,6 +1108,38 @@ class Round:
                 reason += f", {len(mismatched)} excluded for mismatched submission ids"
             self._transition_locked(RoundState.PARTICIPANTS_FIXED, reason)
             return list(chosen)
+
+    def _record_dropouts_locked(
+        self,
+        other: Iterable[str] | Mapping[str, str],
+        chosen: Sequence[str],
+        mismatched: Sequence[str],
+    ) -> None:
+        """Say in :attr:`excluded` why each worker one server heard from is left out."""
+        me = self.server or "this server"
+        keep, odd = set(chosen), set(mismatched)
+        precise = isinstance(other, Mapping)
+        for w in sorted(set(self._subs) - keep):
+            if w in odd:
+                why = "mismatched: the servers hold different submission ids for it"
+            elif precise:
+                why = f"dropped out: only {me} received its submission"
+            else:
+                why = "dropped out or mismatched: the other server did not confirm it"
+            self._excluded[w] = why
+        if precise:
+            for w in sorted(set(other) - set(self._subs)):
+                self._excluded[w] = f"dropped out: {me} never received its submission"
+        left = len(self._excluded)
+        if left:
+            _log_event(
+                "excluded",
+                round_id=self.round_id,
+                server=self.server,
+                count=left,
+                reason="dropped out or mismatched when participants were fixed",
+                remaining=len(keep),
+            )
 
     @property
     def excluded(self) -> dict[str, str]:
@@ -1007,6 +1186,7 @@ class Round:
             if problem:
                 self._transition_locked(RoundState.FAILED, problem)
                 raise RoundFailed(f"round {self.round_id!r} failed: {problem}")
+            self._save_locked()  # the shrunken participant set must survive a restart
             return list(self._participants)
 
     def start_distances(self) -> None:
@@ -1025,12 +1205,126 @@ class Round:
                     f"round {self.round_id!r}: the selection must be distinct participants, "
                     f"got {len(sel)} ids ({len(unknown)} not participants)"
                 )
+            if self._selected and sel != self._selected:
+                # A reveal of this round was interrupted (restart or broken session) after
+                # the other server may have seen its sum: opening the sum of another
+                # selection would let it subtract the two.
+                raise IllegalTransition(
+                    f"round {self.round_id!r}: a selection of {len(self._selected)} was "
+                    f"already revealed in an interrupted run; refusing to open a different "
+                    f"one ({len(sel)} workers)"
+                )
             before, self._selected = self._selected, sel
             try:
                 self._transition_locked(RoundState.REVEAL, f"{len(sel)} selected")
             except IllegalTransition:
                 self._selected = before
                 raise
+
+    def rewind_2pc(self, reason: str) -> bool:
+        """Recovery: back to PARTICIPANTS_FIXED from a 2PC that can no longer finish.
+
+        A computation in VALIDATION, DISTANCES, SELECTION or REVEAL dies with its MPC
+        session (a server restarted, or the session was rebuilt). Running it again from
+        the fixed participants opens nothing new: the distance matrix is a function of
+        the shares, the rule's selection a function of the matrix, and a repeated
+        reveal must open the same selection (:meth:`start_reveal` checks). Validation
+        draws a fresh projection seed, which is as safe as the first draw.
+
+        Returns
+        -------
+        bool
+            Whether the round was rewound (False if it was in no such state).
+        """
+        with self._lock:
+            frm = self._state
+            if frm not in _TWO_PC_STATES:
+                return False
+            now = self._clock()
+            self._add_phase(frm.value, seconds=max(0.0, now - self._entered))
+            self._entered = now
+            self._state = RoundState.PARTICIPANTS_FIXED
+            self._updated_unix_ms = int(now * 1000)
+            _log_event(
+                "round_state",
+                round_id=self.round_id,
+                server=self.server,
+                **{"from": frm.value, "to": self._state.value},
+                reason=f"recovery: {reason}",
+                received=len(self._subs),
+                participants=len(self._participants),
+                selected=len(self._selected),
+            )
+            self._save_locked()
+            return True
+
+    # ------------------------------------------------------------- persistence
+    def snapshot(self) -> RoundSnapshot:
+        """The round's state for a store (submissions are stored one by one)."""
+        with self._lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> RoundSnapshot:
+        return RoundSnapshot(
+            config=self.config,
+            state=self._state,
+            failure_reason=self._failure_reason,
+            participants=self._participants,
+            mismatched=self._mismatched,
+            selected=self._selected,
+            excluded=dict(self._excluded),
+            phases=tuple(PhaseStats(**asdict(p)) for p in self._phases.values()),
+            opened_unix_ms=self.opened_unix_ms,
+            updated_unix_ms=self._updated_unix_ms,
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        snap: RoundSnapshot,
+        submissions: Iterable[Submission],
+        *,
+        workers: Collection[str] | None = None,
+        digests: DigestRegistry | None = None,
+        server: str = "",
+        clock: Callable[[], float] = time.time,
+        store: RoundStore | None = None,
+    ) -> Round:
+        """Rebuild a round from a store after a restart (claims its digests too)."""
+        rnd = cls(
+            snap.config,
+            workers=workers,
+            digests=digests,
+            server=server,
+            clock=clock,
+            store=store,
+            _announce=False,
+        )
+        rid = snap.config.round_id
+        with rnd._lock:
+            rnd._state = snap.state
+            rnd._failure_reason = snap.failure_reason
+            rnd._participants = tuple(snap.participants)
+            rnd._mismatched = tuple(snap.mismatched)
+            rnd._selected = tuple(snap.selected)
+            rnd._excluded = dict(snap.excluded)
+            rnd._phases = {p.phase: PhaseStats(**asdict(p)) for p in snap.phases}
+            rnd.opened_unix_ms = snap.opened_unix_ms
+            rnd._updated_unix_ms = snap.updated_unix_ms
+            for sub in submissions:
+                rnd._subs[sub.worker_id] = sub
+                rnd._digests.claim(sub.digest, rid, sub.worker_id)
+            if rnd._state is RoundState.OPEN and rnd._subs:
+                # killed between storing the first submission and the state change
+                rnd._state = RoundState.COLLECTING
+        _log_event(
+            "round_restored",
+            round_id=rid,
+            server=server,
+            state=rnd._state.value,
+            received=len(rnd._subs),
+        )
+        return rnd
 
     def finish(self) -> None:
         self.transition(RoundState.DONE, "aggregate available")
@@ -1132,6 +1426,10 @@ class RoundBook:
         Largest admissible ``dim``.
     clock
         Seconds since the epoch; injectable for tests.
+    store
+        Durable storage for every round, submission and state change
+        (:class:`secagg.store.SqliteStore`); None keeps everything in memory.
+        :meth:`restore` reloads what it holds.
     """
 
     def __init__(
@@ -1141,11 +1439,13 @@ class RoundBook:
         server: str = "",
         max_dim: int = DEFAULT_MAX_DIM,
         clock: Callable[[], float] = time.time,
+        store: RoundStore | None = None,
     ) -> None:
         self.workers = None if workers is None else frozenset(workers)
         self.server = server
         self.max_dim = max_dim
         self.digests = DigestRegistry()
+        self.store = store
         self._clock = clock
         self._rounds: dict[str, Round] = {}
         self._lock = threading.Lock()
@@ -1185,9 +1485,44 @@ class RoundBook:
                 digests=self.digests,
                 server=self.server,
                 clock=self._clock,
+                store=self.store,
             )
+            if self.store is not None:
+                # on disk before anyone is told the round exists
+                try:
+                    self.store.save_round(rnd.snapshot())
+                except Exception as exc:
+                    raise StorageError(
+                        f"could not store round {config.round_id!r} ({type(exc).__name__}): retry"
+                    ) from exc
             self._rounds[config.round_id] = rnd
             return rnd
+
+    def restore(self) -> list[Round]:
+        """Reload every round from the store (after a restart), oldest first.
+
+        Rebuilds the replay guard from all stored digests, finished rounds included.
+        Rounds caught in a 2PC are returned as they were; the server decides what to
+        resume (:meth:`Round.rewind_2pc`).
+        """
+        if self.store is None:
+            return []
+        loaded = self.store.load()
+        restored = []
+        with self._lock:
+            for snap, subs in loaded:
+                rnd = Round.restore(
+                    snap,
+                    subs,
+                    workers=self.workers,
+                    digests=self.digests,
+                    server=self.server,
+                    clock=self._clock,
+                    store=self.store,
+                )
+                self._rounds[rnd.round_id] = rnd
+                restored.append(rnd)
+        return restored
 
     def get(self, round_id: str) -> Round:
         with self._lock:

@@ -66,6 +66,14 @@ class CommonSettings:
     tls: transport.TlsConfig | None
     peer_token: str | None
     log_level: str
+    # where the server keeps its rounds and submissions across restarts (secagg.store);
+    # None: in memory only, a restart loses open rounds
+    state_dir: str | None = None
+    # MPC links: "gloo" (plaintext torch.distributed) or "mtls" (secagg.mpc_link); with
+    # mtls this party listens on mpc_listen and dials mpc_peers (party name -> host:port)
+    mpc_transport: str = "gloo"
+    mpc_listen: str | None = None
+    mpc_peers: dict[str, str] | None = None
 
 
 def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
@@ -99,7 +107,33 @@ def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
         default=env("SECAGG_PEER_TOKEN_FILE"),
         help="shared secret A presents to B when TLS is off",
     )
+    p.add_argument(
+        "--mpc-transport",
+        choices=("gloo", "mtls"),
+        default=env("SECAGG_MPC_TRANSPORT", "gloo"),
+        help="MPC links: gloo (plaintext torch.distributed; the rendezvous flags apply) or "
+        "mtls (mutually authenticated TLS between the parties; needs --tls-dir, "
+        "--mpc-listen and --mpc-peers)",
+    )
+    p.add_argument(
+        "--mpc-listen",
+        default=env("SECAGG_MPC_LISTEN"),
+        help="mtls: host:port this party accepts MPC links on (open only while a session "
+        "is being set up)",
+    )
+    p.add_argument(
+        "--mpc-peers",
+        default=env("SECAGG_MPC_PEERS", ""),
+        help="mtls: the other parties' MPC addresses, e.g. "
+        "server-a=10.0.0.1:7100,server-b=10.0.0.2:7100,dealer=10.0.0.3:7100",
+    )
     p.add_argument("--log-level", default=env("SECAGG_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--state-dir",
+        default=env("SECAGG_STATE_DIR"),
+        help="directory for the durable round state (SQLite, fsynced before every "
+        "receipt); a restarted server resumes its open rounds from it. Unset: memory only",
+    )
 
 
 def common_settings(args: argparse.Namespace, name: str) -> CommonSettings:
@@ -121,6 +155,38 @@ def common_settings(args: argparse.Namespace, name: str) -> CommonSettings:
         tls=tls,
         peer_token=token,
         log_level=args.log_level,
+        state_dir=getattr(args, "state_dir", None),
+        mpc_transport=getattr(args, "mpc_transport", "gloo"),
+        mpc_listen=getattr(args, "mpc_listen", None),
+        mpc_peers=_mpc_peers(getattr(args, "mpc_peers", "") or ""),
+    )
+
+
+def _mpc_peers(text: str) -> dict[str, str]:
+    # the same grammar as secagg.mpc_link.parse_peers, without importing torch here
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, addr = item.partition("=")
+        if not sep or not name or ":" not in addr:
+            raise SystemExit(f"--mpc-peers: expected NAME=host:port items, got {item!r}")
+        out[name] = addr
+    return out
+
+
+def mpc_endpoint(settings: CommonSettings, master_addr: str | None = None) -> Any:
+    """The :class:`secagg.mpc.MpcEndpoint` for these settings (gloo or mtls)."""
+    from secagg import mpc
+
+    if settings.mpc_transport == "mtls" and settings.tls is None:
+        raise SystemExit("--mpc-transport mtls needs --tls-dir (the parties' certificates)")
+    return mpc.MpcEndpoint(
+        settings.mpc_addr if master_addr is None else master_addr,
+        settings.mpc_port,
+        settings.mpc_timeout_s,
+        transport=settings.mpc_transport,
+        listen=settings.mpc_listen,
+        peers=dict(settings.mpc_peers or {}),
+        tls=settings.tls,
     )
 
 

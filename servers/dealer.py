@@ -2,14 +2,18 @@
 
 It joins the MPC session as rank 2, sends each server a fresh AES-256-CTR key and then
 answers server A's fixed-layout requests. It never sees a share, only masks: it must
-not be able to read A<->B traffic, and must not collude with either server.
+not be able to read A<->B traffic, and must not collude with either server. When a
+session ends (server A rebuilt it, or a party died) it joins the next one, with fresh
+keys; it keeps no state, so a restarted dealer simply joins too (servers/session.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -19,6 +23,11 @@ from secagg import mpc, transport
 from servers import common
 
 log = logging.getLogger("secagg.dealer")
+
+#: Pause between the end of a session and the next join attempt: long enough for
+#: server A to finish closing the old session (whose rendezvous must be gone before a
+#: new one is joined), short against a process restart.
+REJOIN_PAUSE_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,11 +56,25 @@ def main(argv: list[str] | None = None) -> None:
         hs.set("", health_pb2.HealthCheckResponse.SERVING)
         ready.set()
 
-    ep = mpc.MpcEndpoint(settings.mpc_addr, settings.mpc_port, settings.mpc_timeout_s)
+    ep = common.mpc_endpoint(settings)
     log.info('{"event": "dealer_starting"}')
     try:
-        served = mpc.run_dealer(ep, on_ready=on_ready)
-        log.info('{"event": "dealer_stopped", "requests": %d}', served)
+        # The dealer keeps no state worth saving, so it simply rejoins whenever its
+        # session ends: cleanly (server A closed it to build a new epoch, or A shut
+        # down) or not (a peer died). Server A decides when a new session is built
+        # (servers.session); a join attempt that finds nobody times out and is retried.
+        # It stops only when its process is stopped.
+        while True:
+            try:
+                served = mpc.run_dealer(ep, on_ready=on_ready)
+                log.info('{"event": "dealer_session_ended", "requests": %d}', served)
+            except Exception as exc:  # MpcError or a transport error: join again
+                log.warning(
+                    json.dumps({"event": "dealer_session_failed", "error": f"{exc}"[:500]})
+                )
+            hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            ready.clear()
+            time.sleep(REJOIN_PAUSE_S)
     finally:
         server.stop(1)
 

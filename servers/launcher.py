@@ -8,6 +8,7 @@ per-party certificates are made in the working directory first.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,11 @@ class LocalDeployment:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     admin_token: str | None = None
+    # servers keep their rounds under workdir/state/<name> (secagg.store), so a killed
+    # server restarted with spawn() resumes them
+    persist: bool = True
+    # "gloo" or "mtls" (the parties' MPC links over mutual TLS; needs tls=True)
+    mpc_transport: str = "gloo"
 
     # -------------------------------------------------------------- addresses
     @property
@@ -85,6 +91,9 @@ class LocalDeployment:
             "mpc",
             "server-a-control",
             "server-b-control",
+            "mpc-server-a",
+            "mpc-server-b",
+            "mpc-dealer",
         ):
             self.ports[name] = free_port()
 
@@ -124,21 +133,50 @@ class LocalDeployment:
             ]
         if name == "server-b":
             args += ["--worker-tokens", str(self.workdir / "worker-tokens.json")]
+        if self.persist and name in ("server-a", "server-b"):
+            args += ["--state-dir", str(self.workdir / "state" / name)]
+        if self.mpc_transport != "gloo":
+            if not self.tls:
+                raise ValueError(f"--mpc-transport {self.mpc_transport} needs tls=True")
+            peers = ",".join(
+                f"{other}={self.host}:{self.ports['mpc-' + other]}"
+                for other in ("server-a", "server-b", "dealer")
+                if other != name
+            )
+            args += [
+                "--mpc-transport",
+                self.mpc_transport,
+                "--mpc-listen",
+                f"{self.host}:{self.ports['mpc-' + name]}",
+                "--mpc-peers",
+                peers,
+            ]
         return args
 
     def start(self, wait_s: float = 180.0) -> None:
         if not self.ports:
             self.prepare()
+        for name in ("server-a", "server-b", "dealer"):
+            self.spawn(name)
+        self.wait_healthy(wait_s)
+
+    def spawn(self, name: str) -> None:
+        """Start one party's process (again, after :meth:`kill`); its log is appended to."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        for name in ("server-a", "server-b", "dealer"):
-            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own descriptor
             self.procs[name] = subprocess.Popen(
                 self.command(name), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
             )
-        self.wait_healthy(wait_s)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default: SIGKILL, no clean-up) to one party and reap it."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(30)
 
     def health(self, name: str, timeout_s: float = 2.0) -> bool:
         target = f"{self.host}:{self.ports[name]}"
@@ -152,9 +190,9 @@ class LocalDeployment:
                 return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING
 
-    def wait_healthy(self, wait_s: float) -> None:
+    def wait_healthy(self, wait_s: float, names: tuple[str, ...] | None = None) -> None:
         deadline = time.monotonic() + wait_s
-        pending = {"server-a", "server-b", "dealer"}
+        pending = set(names or ("server-a", "server-b", "dealer"))
         while pending:
             for name in list(pending):
                 proc = self.procs[name]

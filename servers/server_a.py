@@ -19,13 +19,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, sharing, transport
 from secagg.prg import fresh_key
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
+from secagg.store import StoredOutcome, open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
+from servers.session import SessionKeeper, failed_rounds, restore_rounds, rounds_to_resume
 
 log = logging.getLogger("secagg.server_a")
 
@@ -53,7 +56,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
     ) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.book = RoundBook(workers=tokens.worker_ids, server="server-a")
+        self.store = open_store(settings.state_dir, "server-a")
+        self.book = RoundBook(workers=tokens.worker_ids, server="server-a", store=self.store)
         self.outcomes: dict[str, Outcome] = {}
         self.peer_target = peer
         self.admin_token = admin_token
@@ -64,6 +68,19 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.tasks: dict[str, asyncio.Task] = {}
         self.channel = common.client_channel(peer, settings.tls)
         self.peer = pbg.PeerStub(self.channel)
+        self.health: health.aio.HealthServicer | None = None  # serve() sets it
+        # builds, watches and rebuilds the MPC session with B and the dealer
+        self.keeper = SessionKeeper(self)
+        # a restart picks up every round the killed process had (servers.session)
+        self.restored = restore_rounds(
+            self.book, "server A restarted during the 2PC: it is run again"
+        )
+        if self.store is not None:
+            for rid, kept in self.store.load_outcomes().items():
+                self.outcomes[rid] = Outcome(
+                    kept.aggregate, kept.divisor, kept.distances, list(kept.selected)
+                )
+        self.keeper.unsynced.update(failed_rounds(self.restored))
 
     # ------------------------------------------------------------------ helpers
     def _peer_md(self) -> list[tuple[str, str]]:
@@ -75,14 +92,17 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start_mpc(self) -> None:
-        ep = mpc.MpcEndpoint(
+        ep = common.mpc_endpoint(
+            self.settings,
             "0.0.0.0" if self.settings.mpc_addr in ("", "0.0.0.0") else self.settings.mpc_addr,
-            self.settings.mpc_port,
-            self.settings.mpc_timeout_s,
         )
+        for rnd in rounds_to_resume(self.restored):  # collection goes on meanwhile
+            self.outcomes.setdefault(rnd.round_id, Outcome())
+            self.tasks[rnd.round_id] = asyncio.create_task(self._coordinate(rnd))
         log.info('{"event": "mpc_starting", "rank": 0}')
-        self.session = await self._mpc(mpc.MpcSession, mpc.RANK_A, ep)
-        log.info('{"event": "mpc_ready", "rank": 0}')
+        # the keeper builds the session, and rebuilds it whenever a party fails;
+        # this returns once the first one is up
+        await self.keeper.start(ep)
 
     async def _worker(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
         md = common.metadata(context)
@@ -119,7 +139,10 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"a seed is exactly {sharing.SEED_BYTES} bytes, got {len(request.seed)}",
                 )
-            receipt = rnd.submit(request.worker_id, request.submission_id, bytes(request.seed))
+            # the store fsyncs before the receipt goes out: off the event loop
+            receipt = await asyncio.to_thread(
+                rnd.submit, request.worker_id, request.submission_id, bytes(request.seed)
+            )
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -151,8 +174,15 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 f"round {rnd.round_id!r} is {rnd.state.value}{why}; poll "
                 "GetRoundStatus until it is done",
             )
-        out = self.outcomes[rnd.round_id]
-        assert out.aggregate is not None
+        out = self.outcomes.get(rnd.round_id)
+        if out is None or out.aggregate is None:
+            # killed after finishing the round but before storing its outcome
+            await context.abort(
+                grpc.StatusCode.DATA_LOSS,
+                f"round {rnd.round_id!r} finished but server A lost its aggregate in a "
+                "restart; run the round again",
+            )
+        assert out is not None and out.aggregate is not None
         data = out.aggregate.astype("<f8").tobytes()
         header = pb.AggregateHeader(
             round_id=rnd.round_id,
@@ -232,39 +262,134 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
     async def _coordinate(self, rnd: Round) -> None:
         rid = rnd.round_id
         try:
-            if rnd.config.rule is not Rule.MEAN:
-                await self._prepare(rnd)
-            while True:  # collection: quorum on both servers, or the deadline
-                if rnd.state.terminal:
+            if rnd.state in (RoundState.OPEN, RoundState.COLLECTING):
+                if rnd.config.rule is not Rule.MEAN:
+                    await self._prepare_if_ready(rnd)
+                if not await self._collect(rnd):
                     return
-                if rnd.ready_to_fix():
-                    if rnd.deadline_passed() or (
-                        await self._peer_received(rid) >= rnd.config.effective_quorum
-                    ):
-                        break
-                await asyncio.sleep(0.05)
-            holdings = rnd.holdings()  # worker -> submission id
-            req = pb.ParticipantsRequest(
-                round_id=rid,
-                entries=[
-                    pb.ParticipantEntry(worker_id=w, submission_id=s) for w, s in holdings.items()
-                ],
-            )
-            try:
-                reply = await self.peer.FixParticipants(req, metadata=self._peer_md(), timeout=30)
-            except grpc.aio.AioRpcError as exc:
-                raise RuntimeError(f"server B could not fix participants: {exc.details()}") from exc
-            participants = rnd.fix_participants(list(reply.participants))
-            async with self.mpc_lock:
-                await self._run_2pc(rnd, participants)
+                participants = await self._fix_participants(rnd)
+            elif rnd.state is RoundState.PARTICIPANTS_FIXED:
+                # restored after a restart (rewound from its interrupted 2PC): run it again
+                participants = list(rnd.participants)
+            else:
+                return
+            await self._run_2pc_when_ready(rnd, participants)
+            await asyncio.to_thread(self._save_outcome, rnd)
+            return
         except RoundError as exc:
             log.warning('{"event": "round_failed", "round_id": "%s"}', rid)
-            await self._fail_peer(rid, exc.message)
+            reason = exc.message
+            if not rnd.state.terminal:  # e.g. a refused transition: the round cannot go on
+                rnd.fail(reason)
         except Exception as exc:  # a failed round must not take the server down
             log.exception('{"event": "round_error", "round_id": "%s"}', rid)
             reason = f"{type(exc).__name__}: {exc}"
             rnd.fail(reason)
-            await self._fail_peer(rid, reason)
+        # Outside the except blocks: a failed 2PC step's traceback references the MPC
+        # session's process groups, and must be garbage before the session is rebuilt.
+        await self._fail_peer(rid, reason)
+
+    async def _collect(self, rnd: Round) -> bool:
+        """Wait for quorum on both servers, or the deadline; False if the round ended."""
+        while True:
+            if rnd.state.terminal:
+                return False
+            if rnd.ready_to_fix():
+                if rnd.deadline_passed():
+                    return True
+                try:
+                    if await self._peer_received(rnd.round_id) >= rnd.config.effective_quorum:
+                        return True
+                except grpc.aio.AioRpcError:
+                    pass  # B is away (restarting?): keep collecting; the deadline still holds
+            await asyncio.sleep(0.05)
+
+    async def _fix_participants(self, rnd: Round) -> list[str]:
+        """Intersect with B's holdings; retry while B is unreachable, up to the MPC timeout.
+
+        B answers a repeated request (A restarted after B fixed them) with the
+        participants it already fixed, which are a subset of A's stored holdings.
+        """
+        holdings = rnd.holdings()  # worker -> submission id
+        req = pb.ParticipantsRequest(
+            round_id=rnd.round_id,
+            entries=[
+                pb.ParticipantEntry(worker_id=w, submission_id=s) for w, s in holdings.items()
+            ],
+        )
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.mpc_timeout_s
+        while True:
+            try:
+                reply = await self.peer.FixParticipants(req, metadata=self._peer_md(), timeout=30)
+                break
+            except grpc.aio.AioRpcError as exc:
+                transient = exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if not transient or loop.time() >= give_up:
+                    raise RuntimeError(
+                        f"server B could not fix participants: {exc.details()}"
+                    ) from exc
+                await asyncio.sleep(0.5)
+        return rnd.fix_participants(list(reply.participants))
+
+    async def _run_2pc_when_ready(self, rnd: Round, participants: list[str]) -> None:
+        """Run the round's 2PC once the session is healthy (waiting up to the MPC timeout).
+
+        A 2PC step that fails or times out leaves the three parties out of step (and
+        maybe one of them blocked until its own timeout), so the session is marked
+        broken and the keeper rebuilds it before the next round.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.mpc_timeout_s
+        while True:
+            if not await self.keeper.wait_ready(give_up - loop.time()):
+                raise RuntimeError(
+                    f"no MPC session within {self.settings.mpc_timeout_s:.0f} s "
+                    f"({self.keeper.last_error})"
+                )
+            await self.mpc_lock.acquire()
+            if self.keeper.healthy:
+                break
+            self.mpc_lock.release()  # it broke while we waited for the lock
+        try:
+            await self._run_2pc(rnd, participants)
+        except RoundError:
+            raise  # refused by the round's own rules, with every phase completed
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            self.keeper.mark_broken(f"round {rnd.round_id}: {detail}")
+            if isinstance(exc, grpc.aio.AioRpcError):
+                detail = f"server B: {exc.code().name}: {exc.details()}"
+            raise RuntimeError(
+                "the 2PC failed (server B or the dealer died, or a step timed out); the MPC "
+                f"session is rebuilt for the next round: {detail}"
+            ) from exc
+        finally:
+            self.mpc_lock.release()
+
+    async def _prepare_if_ready(self, rnd: Round) -> None:
+        """Best effort: without it the distance phase fetches its own Gram pair."""
+        if not self.keeper.healthy:
+            return
+        try:
+            await self._prepare(rnd)
+        except Exception as exc:  # a half-done collective: rebuild before any 2PC
+            self.keeper.mark_broken(f"prepare of {rnd.round_id}: {type(exc).__name__}: {exc}")
+
+    def _save_outcome(self, rnd: Round) -> None:
+        out = self.outcomes.get(rnd.round_id)
+        if self.store is None or out is None or out.aggregate is None:
+            return
+        try:
+            self.store.save_outcome(
+                rnd.round_id,
+                StoredOutcome(out.aggregate, out.divisor, out.distances, out.selected_idx),
+            )
+        except Exception:  # the round is done; only a restart would lose the aggregate
+            log.exception('{"event": "store_failed", "op": "outcome"}')
 
     async def _prepare(self, rnd: Round) -> None:
         """Fetch the dealer's Gram pair for n_expected rows while shares arrive: it does
@@ -290,7 +415,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 pb.FailRequest(round_id=rid, reason=reason), metadata=self._peer_md(), timeout=10
             )
         except grpc.aio.AioRpcError:
-            pass
+            self.keeper.unsynced[rid] = reason  # B is away: told once it is back
 
     async def _phase(
         self,
@@ -386,6 +511,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rnd.finish()
 
     async def close(self) -> None:
+        await self.keeper.stop()
         for t in self.tasks.values():
             t.cancel()
         if self.session is not None:
@@ -407,6 +533,7 @@ async def serve(args: argparse.Namespace) -> None:
     admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
     server, hs = common.make_server(settings)
     svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
+    svc.health = hs  # the session keeper reports NOT_SERVING while it rebuilds
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Admin")
     await common.set_health(hs, False)

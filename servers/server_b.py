@@ -16,12 +16,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, transport
-from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, payload_digest
+from secagg.rounds import Round, RoundBook, RoundConfig, RoundError
+from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
+from servers.session import SessionMember, restore_rounds
 
 log = logging.getLogger("secagg.server_b")
 
@@ -30,21 +33,28 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
     def __init__(self, settings: common.CommonSettings, tokens: transport.TokenStore) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.book = RoundBook(workers=tokens.worker_ids, server="server-b")
+        self.store = open_store(settings.state_dir, "server-b")
+        self.book = RoundBook(workers=tokens.worker_ids, server="server-b", store=self.store)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc")
         self.session: mpc.MpcSession | None = None
         self.aggregates: dict[str, np.ndarray] = {}
+        self.health: health.aio.HealthServicer | None = None  # serve() sets it
+        # leaves and joins MPC session epochs when server A says so (servers.session)
+        self.member = SessionMember(self)
+        # Workers with a share upload in progress: one stream per worker at a time, so
+        # a flood of parallel uploads cannot hold more than one share each in memory.
+        self._uploads: set[str] = set()
+        restore_rounds(self.book, "server B restarted during the 2PC: A runs it again")
 
     async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start_mpc(self) -> None:
-        ep = mpc.MpcEndpoint(
-            self.settings.mpc_addr, self.settings.mpc_port, self.settings.mpc_timeout_s
-        )
+        ep = common.mpc_endpoint(self.settings)
         log.info('{"event": "mpc_starting", "rank": 1}')
-        self.session = await self._mpc(mpc.MpcSession, mpc.RANK_B, ep)
-        log.info('{"event": "mpc_ready", "rank": 1}')
+        # B joins a session only when server A asks it to (Peer.Session); this returns
+        # once the first one is up
+        await self.member.start(ep)
 
     async def _worker(self, context, claimed: str | None = None) -> str:  # noqa: ANN001
         md = common.metadata(context)
@@ -78,6 +88,13 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
 
     async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
         wid = await self._worker(context)
+        if wid in self._uploads:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"worker {wid!r} already has a share upload in progress: one at a time; "
+                "retry once it has finished or been cancelled",
+            )
+        self._uploads.add(wid)
         try:
             assembler: transport.ChunkAssembler | None = None
             header: pb.ShareChunk | None = None
@@ -111,11 +128,17 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send at least one chunk"
                 )
             share = assembler.finish()
-            receipt = rnd.submit(wid, header.submission_id, share, digest=payload_digest(share))
+            # the store fsyncs the share before the receipt goes out: off the event loop;
+            # the assembler hashed the bytes as they arrived (= payload_digest(share))
+            receipt = await asyncio.to_thread(
+                rnd.submit, wid, header.submission_id, share, digest=assembler.digest()
+            )
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
             raise
+        finally:
+            self._uploads.discard(wid)
 
     async def GetRoundStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
         try:
@@ -145,7 +168,14 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         await self._peer(context)
         try:
             rnd = self.book.get(request.round_id)
-            chosen = rnd.fix_participants({e.worker_id: e.submission_id for e in request.entries})
+            if rnd.participants and not rnd.state.terminal:
+                # A asks again after its restart: the participants stand as fixed (a
+                # subset of A's stored holdings, which only grew since)
+                chosen = list(rnd.participants)
+            else:
+                chosen = rnd.fix_participants(
+                    {e.worker_id: e.submission_id for e in request.entries}
+                )
             return pb.ParticipantsReply(
                 round_id=rnd.round_id, participants=chosen, mismatched=list(rnd.mismatched)
             )
@@ -268,7 +298,13 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             await common.abort_for(context, exc)
             raise
 
+    async def Session(self, request: pb.SessionRequest, context) -> pb.SessionReply:  # noqa: N802
+        """Leave or join an MPC session epoch as server A says (servers.session)."""
+        await self._peer(context)
+        return self.member.handle(request)
+
     async def close(self) -> None:
+        await self.member.stop()
         if self.session is not None:
             await self._mpc(self.session.close)
 
@@ -279,6 +315,7 @@ async def serve(args: argparse.Namespace) -> None:
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     server, hs = common.make_server(settings)
     svc = ServerB(settings, tokens)
+    svc.health = hs  # the session member reports NOT_SERVING between sessions
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Peer")
     await common.set_health(hs, False)
