@@ -164,3 +164,15 @@ def test_wraparound_attack_destroys_aggregate_without_validation_and_is_stopped_
         ref = reference.aggregate_encoded(X[1:], rule, f)
         assert out.selected == ref.selected
         np.testing.assert_array_equal(out.encoded_sum, ref.encoded_sum)
+
+
+def test_float64_split_projection_is_exact_for_any_ring_values():
+    rng = np.random.default_rng(12)
+    from secagg.validation import BLOCK, project_block_exact
+
+    X = rng.integers(-(2**63), 2**63 - 1, size=(5, BLOCK), dtype=np.int64)
+    X[0, :4] = [-(2**63), 2**63 - 1, -1, 0]
+    R = projection_block(AesCtrStream(fresh_key()), 7, BLOCK)
+    with np.errstate(over="ignore"):
+        want = X @ R.T  # numpy int64 matmul wraps mod 2^64
+    np.testing.assert_array_equal(project_block_exact(X, R), want)
