@@ -19,7 +19,7 @@ import numpy as np
 from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, transport
-from secagg.rounds import Round, RoundBook, RoundConfig, RoundError
+from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed
 from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -240,9 +240,15 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 )
                 rejected = [w for w, good in zip(participants, ok, strict=True) if not good]
                 if rejected:
-                    rnd.exclude(
-                        rejected, f"failed input validation ({vp.projections} projections > T)"
-                    )
+                    try:
+                        rnd.exclude(
+                            rejected,
+                            f"failed input validation ({vp.projections} projections > T)",
+                        )
+                    except RoundFailed:
+                        # too few remain: B's round has failed with that reason; reply
+                        # anyway so that A records the same exclusions and reason
+                        pass
                 name = "validation"
             elif request.phase == pb.PHASE_DISTANCES:
                 rnd.start_distances()

@@ -348,3 +348,41 @@ def test_wraparound_worker_is_excluded_by_input_validation(dep, validate):
         assert not st_a.excluded and IDS[0] in st_a.participants
         if IDS[0] in agg.selected:  # Multi-Krum cannot tell: the distances are unchanged
             assert np.max(np.abs(agg.vector)) > 1e12
+
+
+def test_validation_leaving_too_few_for_bulyan_fails_with_the_reason(dep):
+    n = 7  # bulyan with f=1 needs 4f+3 = 7: one excluded worker is one too many
+    X = workers_matrix(22, n=n, byz=0)
+    rid = f"wrapb-{uuid.uuid4().hex[:8]}"
+    cfg = RoundConfig(
+        round_id=rid,
+        n_expected=n,
+        f=1,
+        rule="bulyan",
+        dim=D,
+        scale=PARAMS.scale,
+        coord_bound=PARAMS.coord_bound,
+        norm_bound=PARAMS.norm_bound,
+        deadline_unix_ms=int((time.time() + 60) * 1000),
+    )
+    with admin(dep) as a:
+        a.open_round(cfg)
+    for i in range(1, n):
+        with client(dep, IDS[i]) as c:
+            c.submit(rid, X[i], PARAMS)
+    shares = sharing.split(encoding.encode(X[0], PARAMS))
+    bad = shares.share_b.copy()
+    with np.errstate(over="ignore"):
+        bad[0] += np.int64(-(2**63))
+    _submit_raw(dep, rid, IDS[0], shares.seed, bad)
+    with client(dep, IDS[1]) as c:
+        for _ in range(600):
+            st = c.status(rid, "a")
+            if st.state in (pb.ROUND_STATE_DONE, pb.ROUND_STATE_FAILED):
+                break
+            time.sleep(0.1)
+        st_b = c.status(rid, "b")
+    assert st.state == pb.ROUND_STATE_FAILED
+    assert "needs at least 7" in st.failure_reason, st.failure_reason
+    for s in (st, st_b):
+        assert [e.worker_id for e in s.excluded] == [IDS[0]]
