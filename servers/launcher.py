@@ -38,8 +38,13 @@ class LocalDeployment:
     # servers keep their rounds under workdir/state/<name> (secagg.store), so a killed
     # server restarted with spawn() resumes them
     persist: bool = True
-    # "gloo" or "mtls" (the parties' MPC links over mutual TLS; needs tls=True)
-    mpc_transport: str = "gloo"
+    # "gloo" or "mtls" (the parties' MPC links over mutual TLS; needs tls=True). None:
+    # mtls whenever TLS is on, so that no byte between the parties is in the clear
+    mpc_transport: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mpc_transport is None:
+            self.mpc_transport = "mtls" if self.tls else "gloo"
 
     # -------------------------------------------------------------- addresses
     @property

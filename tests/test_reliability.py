@@ -46,7 +46,15 @@ S = RoundState
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory):
     # a short MPC timeout bounds every wait should a recovery not happen
-    d = LocalDeployment(tmp_path_factory.mktemp("reliability"), IDS, tls=True, mpc_timeout_s=30)
+    # gloo here (its rendezvous-store recovery is the fragile part); the mtls fixture
+    # below runs the kill tests over the TLS links, the deployments' default
+    d = LocalDeployment(
+        tmp_path_factory.mktemp("reliability"),
+        IDS,
+        tls=True,
+        mpc_timeout_s=30,
+        mpc_transport="gloo",
+    )
     d.start()
     yield d
     d.stop()
