@@ -755,11 +755,7 @@ class MpcSession:
         per entry, whether p is outside [-T, T]; the per-worker failure counts are
         compared with 1 and only that accept bit is opened, to both servers.
         """
-        from secagg.validation import (  # no CrypTen there
-            BLOCK,
-            project_block_exact,
-            projection_block,
-        )
+        from secagg.validation import BLOCK, projection_block  # no CrypTen there
 
         x = self._as_tensor(share)
         if x.dim() != 2:
@@ -768,13 +764,11 @@ class MpcSession:
         k, T = int(projections), int(threshold)
         with self._phase("validation"):
             stream = AesCtrStream(seed)
-            xs = x.numpy()
-            acc = np.zeros((n, k), dtype=np.int64)
-            with np.errstate(over="ignore"):  # ring arithmetic: int64 wraps mod 2^64
-                for c0 in range(0, d, BLOCK):
-                    w = min(BLOCK, d - c0)
-                    acc += project_block_exact(xs[:, c0 : c0 + w], projection_block(stream, k, w))
-            p = torch.from_numpy(acc)
+            p = torch.zeros((n, k), dtype=torch.long)
+            for c0 in range(0, d, BLOCK):
+                w = min(BLOCK, d - c0)
+                r = torch.from_numpy(projection_block(stream, k, w))
+                p += x[:, c0 : c0 + w] @ r.t()  # int64: exact mod 2^64
             # shares of T - p and p + T: the public T is added by party 0 only
             pub = T if self.rank == RANK_A else 0
             both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test

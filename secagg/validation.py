@@ -153,24 +153,6 @@ def projection_block(stream: AesCtrStream, k: int, width: int) -> np.ndarray:
     return (bits[..., 0] * (1 - 2 * bits[..., 1])).astype(np.int64)
 
 
-def project_block_exact(x: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """``x @ r.T`` mod 2^64 for int64 ``x`` (n×w, any ring values) and ``r`` in
-    {-1, 0, 1} (k×w), through float64 BLAS.
-
-    x splits exactly into 32-bit halves, ``x = hi·2^32 + lo`` with lo in [0, 2^32) and
-    hi in [-2^31, 2^31). Each half's products with ±1 summed over w <= 2^15 columns stay
-    below 2^47 < 2^53, so the float64 products are exact; recombining in int64 wraps
-    mod 2^64 as the ring requires. Several times faster than torch's int64 matmul.
-    """
-    if x.shape[1] > BLOCK:
-        raise ValueError(f"blocks of at most {BLOCK} columns keep float64 sums exact")
-    rf = r.astype(np.float64).T
-    lo = (x & 0xFFFFFFFF).astype(np.float64) @ rf
-    hi = (x >> 32).astype(np.float64) @ rf
-    with np.errstate(over="ignore"):
-        return (hi.astype(np.int64) << 32) + lo.astype(np.int64)
-
-
 def projections_plain(X: np.ndarray, seed: bytes, k: int) -> np.ndarray:
     """<r_j, x_i> mod 2^64 for the rows of an int64 matrix (the reference/tests)."""
     stream = AesCtrStream(seed)
