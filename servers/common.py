@@ -246,6 +246,47 @@ def metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+async def authenticate_worker(
+    context: grpc.aio.ServicerContext, tokens: transport.TokenStore, claimed: str | None = None
+) -> str:
+    """The worker id the call's token proves; aborts UNAUTHENTICATED otherwise, and
+    PERMISSION_DENIED when the message names another worker than the token's."""
+    md = metadata(context)
+    wid = md.get("x-secagg-worker", "")
+    auth = md.get("authorization", "")
+    token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
+    if not wid or not tokens.verify(wid, token):
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "unknown worker or wrong token: check x-secagg-worker and "
+            "the bearer token your operator issued",
+        )
+    if claimed is not None and claimed != wid:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"authenticated as {wid!r} but submitting for {claimed!r}",
+        )
+    return wid
+
+
+async def serve_until_terminated(
+    server: grpc.aio.Server, hs: health.aio.HealthServicer, svc: Any, name: str, listen: str
+) -> None:
+    """Listen (NOT_SERVING), join the MPC session, report SERVING, run until stopped."""
+    await set_health(hs, False)
+    await server.start()
+    logging.getLogger(f"secagg.{name}").info(
+        '{"event": "listening", "server": "%s", "addr": "%s"}', name, listen
+    )
+    try:
+        await svc.start_mpc()
+        await set_health(hs, True)
+        await server.wait_for_termination()
+    finally:
+        await svc.close()
+        await server.stop(2)
+
+
 async def require_identity(
     context: grpc.aio.ServicerContext,
     expected: str,

@@ -104,29 +104,12 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         # this returns once the first one is up
         await self.keeper.start(ep)
 
-    async def _worker(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
-        md = common.metadata(context)
-        wid = md.get("x-secagg-worker", "")
-        auth = md.get("authorization", "")
-        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
-        if not wid or not self.tokens.verify(wid, token):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "unknown worker or wrong token: check x-secagg-worker and "
-                "the bearer token your operator issued",
-            )
-        if claimed != wid:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"authenticated as {wid!r} but submitting for {claimed!r}",
-            )
-
     def _round(self, round_id: str) -> Round:
         return self.book.get(round_id)
 
     # ------------------------------------------------------------- Worker API
     async def SubmitSeed(self, request: pb.SeedSubmission, context) -> pb.Receipt:  # noqa: N802
-        await self._worker(context, request.worker_id)
+        await common.authenticate_worker(context, self.tokens, request.worker_id)
         try:
             rnd = self._round(request.round_id)
             if request.dim != rnd.config.dim:
@@ -536,16 +519,7 @@ async def serve(args: argparse.Namespace) -> None:
     svc.health = hs  # the session keeper reports NOT_SERVING while it rebuilds
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Admin")
-    await common.set_health(hs, False)
-    await server.start()
-    log.info('{"event": "listening", "server": "server-a", "addr": "%s"}', settings.listen)
-    try:
-        await svc.start_mpc()
-        await common.set_health(hs, True)
-        await server.wait_for_termination()
-    finally:
-        await svc.close()
-        await server.stop(2)
+    await common.serve_until_terminated(server, hs, svc, "server-a", settings.listen)
 
 
 def main(argv: list[str] | None = None) -> None:

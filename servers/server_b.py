@@ -56,24 +56,6 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         # once the first one is up
         await self.member.start(ep)
 
-    async def _worker(self, context, claimed: str | None = None) -> str:  # noqa: ANN001
-        md = common.metadata(context)
-        wid = md.get("x-secagg-worker", "")
-        auth = md.get("authorization", "")
-        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
-        if not wid or not self.tokens.verify(wid, token):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "unknown worker or wrong token: check x-secagg-worker and "
-                "the bearer token your operator issued",
-            )
-        if claimed is not None and claimed != wid:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"authenticated as {wid!r} but submitting for {claimed!r}",
-            )
-        return wid
-
     async def _peer(self, context) -> None:  # noqa: ANN001
         await common.require_identity(
             context, "server-a", self.settings.tls is not None, self.settings.peer_token
@@ -87,7 +69,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         )
 
     async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
-        wid = await self._worker(context)
+        wid = await common.authenticate_worker(context, self.tokens)
         if wid in self._uploads:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -324,16 +306,7 @@ async def serve(args: argparse.Namespace) -> None:
     svc.health = hs  # the session member reports NOT_SERVING between sessions
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Peer")
-    await common.set_health(hs, False)
-    await server.start()
-    log.info('{"event": "listening", "server": "server-b", "addr": "%s"}', settings.listen)
-    try:
-        await svc.start_mpc()
-        await common.set_health(hs, True)
-        await server.wait_for_termination()
-    finally:
-        await svc.close()
-        await server.stop(2)
+    await common.serve_until_terminated(server, hs, svc, "server-b", settings.listen)
 
 
 def main(argv: list[str] | None = None) -> None:
