@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 
 import grpc
 import numpy as np
@@ -97,17 +98,23 @@ def run_round(dep, X, rule, f, m=None):
     ],
 )
 def test_round_equals_plaintext_reference(dep, rule, f, m):
-    X = workers_matrix(hash((rule, m)) % 2**32)
+    X = workers_matrix(zlib.crc32(f"{rule}/{m}".encode()))  # stable across processes
     rid, agg = run_round(dep, X, rule, f, m)
     Xenc = np.stack([encoding.encode(r, PARAMS) for r in X])
     ref = reference.aggregate_encoded(Xenc, rule, f, m)
     assert list(agg.selected) == [IDS[i] for i in ref.selected]
     want = encoding.decode(ref.encoded_sum, PARAMS, ref.divisor)
     np.testing.assert_allclose(agg.vector, want, rtol=0, atol=1e-12)
-    # and the float reference, within the encoding's resolution
-    fref = reference.aggregate(X, rule, f, m)
+    # the float reference on the same (rounded) inputs: equal up to float rounding
+    Xr = np.stack([encoding.decode(r, PARAMS) for r in Xenc])
+    fref = reference.aggregate(Xr, rule, f, m)
     assert fref.selected == ref.selected
-    assert np.max(np.abs(agg.vector - fref.aggregate)) <= encoding.resolution(PARAMS)
+    np.testing.assert_allclose(agg.vector, fref.aggregate, rtol=0, atol=1e-9)
+    # and on the raw inputs: within the encoding's resolution, except that Bulyan's
+    # window choice may flip on the rare coordinates where two windows tie within it
+    gap = np.abs(agg.vector - reference.aggregate(X, rule, f, m).aggregate)
+    far = gap > encoding.resolution(PARAMS)
+    assert far.mean() <= (0.01 if rule == "bulyan" else 0.0), (rule, int(far.sum()))
     with admin(dep) as a:
         rep = a.get_round_report(rid)
     Dm = np.asarray(rep.distances).reshape(N, N) if rule != "mean" else None
