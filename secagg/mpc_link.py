@@ -733,6 +733,14 @@ def _dial(layer: Any, rank: int, dst: int, addr: str, deadline: float) -> socket
             last = exc
             time.sleep(min(0.1, max(0.0, left)))
             continue
+        if raw.getsockname() == raw.getpeername():
+            # TCP self-connect: while nobody listens on a loopback port, the kernel can
+            # pick that very port as our source and connect the socket to itself (and
+            # then hold the port the peer wants to bind). Drop it and dial again.
+            _close(raw)
+            last = ConnectionRefusedError(f"self-connection on {addr}")
+            time.sleep(0.1)
+            continue
         raw.settimeout(max(0.1, min(HANDSHAKE_TIMEOUT_S, left)))
         try:
             sock, cn = layer.client(raw, PARTY_NAMES[dst])
