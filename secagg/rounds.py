@@ -1368,6 +1368,18 @@ class Round:
                 dealer_bytes=int(dealer_bytes),
             )
 
+    def record_mpc_traffic(self, traffic: Mapping[str, Mapping[str, float]]) -> None:
+        """Record a 2PC session's per-phase costs (``secagg.mpc.Traffic.as_dict()``)
+        under ``mpc.<phase>``."""
+        for name, secs in traffic["seconds"].items():
+            self.record_phase(
+                f"mpc.{name}",
+                seconds=secs,
+                bytes_sent=int(traffic["bytes_sent"].get(name, 0)),
+                comm_rounds=int(traffic["rounds"].get(name, 0)),
+                dealer_bytes=int(traffic["dealer_bytes"].get(name, 0)),
+            )
+
     @property
     def phases(self) -> dict[str, PhaseStats]:
         with self._lock:

@@ -482,15 +482,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         )
         out.divisor = plan.divisor(n, selected)
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
-        tr = self.session.traffic
-        for name, secs in tr.seconds.items():
-            rnd.record_phase(
-                f"mpc.{name}",
-                seconds=secs,
-                bytes_sent=tr.bytes_sent.get(name, 0),
-                comm_rounds=tr.rounds.get(name, 0),
-                dealer_bytes=tr.dealer_bytes.get(name, 0),
-            )
+        rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
 
     async def close(self) -> None:

@@ -257,15 +257,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                     total, cfg.encoding_params(), plan.divisor(n, selected)
                 )
                 name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
-                tr = self.session.traffic
-                for k, secs in tr.seconds.items():
-                    rnd.record_phase(
-                        f"mpc.{k}",
-                        seconds=secs,
-                        bytes_sent=tr.bytes_sent.get(k, 0),
-                        comm_rounds=tr.rounds.get(k, 0),
-                        dealer_bytes=tr.dealer_bytes.get(k, 0),
-                    )
+                rnd.record_mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
             else:
                 raise transport.ProtocolError(
