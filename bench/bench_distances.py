@@ -9,8 +9,8 @@ Everything is measured in one run on one :class:`secagg.cluster.MpcCluster` (ser
 server B and the CSPRNG dealer as separate processes over loopback gloo):
 
 1. secagg's ``MpcSession.sq_distances`` (Gram-pair dealer material + one masked
-   opening), split into dealer material (``provider.gram_pair`` timed on its own) and
-   the online part (a step-by-step replica timed after a barrier);
+   opening), split into dealer material (``prepare_distances`` timed on its own) and
+   the online part (timed after a barrier, with the session's own per-step timers);
 2. CrypTen's default path: ``MPCTensor.from_shares`` → ``X.matmul(X.t())`` (Beaver
    matmul with our TTP provider) → ``diag + diagᵀ - 2G`` on the MPCTensor → reveal to A;
 3. the plaintext floor (float32 and exact int64 ``X @ Xᵀ`` + distances, parent process);
@@ -182,23 +182,27 @@ def party_setup(session: Any, seed: int, n: int, d: int, sigma: float) -> dict[s
 
 
 def party_gram_pair(session: Any, repeats: int) -> dict[str, Any]:
-    """Dealer material alone: ``provider.gram_pair(n, d)`` (both parties, in lockstep)."""
+    """Dealer material alone: ``session.prepare_distances(n, d)`` (both parties).
+
+    That is this party's sub-key for its share of R plus, on A, the dealer's round trip
+    for its share of Z = R R^T (the dealer expands R block by block and multiplies).
+    """
     from secagg import mpc
 
     n, d = _STATE["share"].shape
-    provider = mpc.crypten.mpc.get_default_provider()
     client = mpc._client()
     times, mems = [], {}
-    provider.gram_pair(n, WARMUP_COLS)
+    session.prepare_distances(n, WARMUP_COLS)
+    session.sq_distances(_warm(_STATE["share"]))  # consume the warm-up pair
     dealer0 = client.dealer_bytes
     for _ in range(repeats):
         _barrier(session)
         mem = _Mem()
         t0 = time.perf_counter()
-        r, z = provider.gram_pair(n, d)
+        session.prepare_distances(n, d)
         times.append(time.perf_counter() - t0)
-        del r, z
         _merge_mem(mems, "gram_pair", mem.done())
+    session._prepared = None  # not used: the next call starts its own pair
     return {
         "times": times,
         "dealer_bytes": (client.dealer_bytes - dealer0) // max(repeats, 1),
@@ -224,68 +228,30 @@ def party_sq_distances(session: Any, repeats: int) -> dict[str, Any]:
 
 
 def party_profile(session: Any) -> dict[str, Any]:
-    """Step-by-step replica of ``MpcSession.sq_distances`` (same draws, same messages).
+    """Where the time goes: the real ``sq_distances`` after ``prepare_distances``.
 
-    The Gram-pair request is split into this party's own mask draw and the dealer round
-    trip (A only), and a barrier separates dealer material from the online part so the
-    online time does not include waiting for the other party's dealer material.
+    A barrier separates the dealer material from the online part; the steps are the
+    session's own timers inside the real code path (``session.steps``), so the profile
+    cannot drift from the implementation.
     """
-    from secagg import mpc
-
-    x = torch.from_numpy(np.ascontiguousarray(_STATE["share"]))
+    x = np.ascontiguousarray(_STATE["share"])
     n, d = x.shape
-    cl = mpc._client()
-    steps: dict[str, float] = {}
     _barrier(session)
     t_all = time.perf_counter()
-
-    def lap(name: str, t: float) -> float:
-        now = time.perf_counter()
-        steps[name] = now - t
-        return now
-
-    # --- dealer material, exactly as CsprngTTP.gram_pair draws it
-    t = time.perf_counter()
-    r = mpc._ring(cl.stream, (n, d))
-    t = lap("material: own R share (AES-CTR n×d)", t)
-    if session.rank == mpc.RANK_A:
-        hdr = torch.zeros(mpc._HDR, dtype=torch.long)
-        hdr[0] = mpc._F_GRAM
-        hdr[1] = n
-        hdr[2] = d
-        z = cl.request(hdr, (n, n))
-        t = lap("material: dealer round trip for Z (A only)", t)
-    else:
-        u = mpc._ring(cl.stream, (n, n))
-        z = u + u.t()
-        t = lap("material: own Z share (n×n)", t)
+    session.prepare_distances(n, d)
     t_mat = time.perf_counter() - t_all
     _barrier(session)
-    t = t_on = time.perf_counter()
-    # --- online part
-    e = x - r
-    t = lap("online: E share = X - R", t)
-    e = session._open(e)
-    t = lap("online: open E (n×d each way)", t)
-    m = e @ r.t()
-    t = lap("online: E Rᵀ (int64 n×d×n)", t)
-    del r
-    g = m + m.t() + z
-    if session.rank == mpc.RANK_A:
-        g += e @ e.t()
-    t = lap("online: G (+ E Eᵀ on A)", t)
-    del e
-    diag = torch.diagonal(g)
-    dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - 2 * g
-    t = lap("online: D share (local)", t)
-    out = session._open_to_a(dsh)
-    t = lap("online: open D to A (n×n)", t)
+    session.reset_traffic()
+    t_on = time.perf_counter()
+    out = session.sq_distances(x)
     t_online = time.perf_counter() - t_on
+    steps = {"material: prepare_distances (sub-key; dealer's Z share on A)": t_mat}
+    steps.update({f"online: {k.removeprefix('distances: ')}": v for k, v in session.steps.items()})
     return {
         "steps": steps,
         "material_s": t_mat,
         "online_s": t_online,
-        "distances": None if out is None else out.numpy(),
+        "distances": out,
     }
 
 
@@ -515,7 +481,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             },
             # online estimate 1: full phase minus dealer material measured alone
             "online_s_by_difference": max(_med(wall) - _med(gp), 0.0),
-            # online estimate 2: the replica's online part, after a barrier
+            # online estimate 2: the profiled run's online part, after a barrier
             "online_s": max(pa["online_s"], pb["online_s"]),
             "profile": {
                 "A": {
@@ -594,7 +560,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     res["correctness"] = {
         "secagg_exact": secagg_ok,
-        "profile_replica_exact": profile_ok,
+        "profile_exact": profile_ok,
         "crypten_max_err_units_2^-16": int(err.max()),
         "crypten_entries_over_tol": int((err > CRYPTEN_TOL_UNITS).sum()),
         "crypten_tol_units_2^-16": CRYPTEN_TOL_UNITS,
@@ -783,7 +749,7 @@ def format_table(res: dict[str, Any]) -> str:
         )
     cr = res["correctness"]
     lines.append(
-        f"correctness: secagg exact={cr['secagg_exact']} (replica {cr['profile_replica_exact']}), "
+        f"correctness: secagg exact={cr['secagg_exact']} (profile {cr['profile_exact']}), "
         f"CrypTen max err {cr['crypten_max_err_units_2^-16']} units of 2^-16 "
         f"(tol {cr['crypten_tol_units_2^-16']}, over tol: {cr['crypten_entries_over_tol']}), "
         f"Bulyan exact={cr['bulyan_exact']} -> {'PASSED' if cr['passed'] else 'FAILED'}"

@@ -9,8 +9,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.secagg-installed
 want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)
+build_kernel() {
+  # the ring kernel (secagg/native/ring_gemm.c): ~8x faster 2PC products; optional
+  .venv/bin/python -m secagg.ringmath --build >/dev/null \
+    || echo "[setup] warning: no native ring kernel (no C compiler?); secagg falls back to torch's slower int64 matmul"
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] .venv is up to date"
+  build_kernel
   exit 0
 fi
 echo "[setup] installing pinned dependencies (torch CPU, CrypTen, gRPC); first run takes a few minutes"
@@ -19,5 +25,6 @@ echo "[setup] installing pinned dependencies (torch CPU, CrypTen, gRPC); first r
 .venv/bin/python -m pip install --quiet --no-deps crypten==0.4.1
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null \
   || .venv/bin/python -m pip install --quiet --no-deps -e .
+build_kernel
 echo "$want" > "$stamp"
 echo "[setup] done: .venv/bin/secagg is ready"

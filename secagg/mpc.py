@@ -45,6 +45,7 @@ which needs no truncation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import gc
@@ -61,8 +62,10 @@ import numpy as np
 import torch
 
 from secagg.prg import KEY_BYTES, AesCtrStream, fresh_key
+from secagg.ringmath import matmul_nt
 
 if TYPE_CHECKING:  # secagg.transport pulls in gRPC; only annotations need it here
+    from secagg.mpc_link import Work
     from secagg.transport import TlsConfig
 
 log = logging.getLogger("secagg.mpc")
@@ -177,6 +180,38 @@ class Traffic:
             "dealer_bytes": dict(self.dealer_bytes),
             "seconds": dict(self.seconds),
         }
+
+
+GRAM_BLOCK_ELEMENTS = 1 << 19  # ring elements per column block of R (4 MiB)
+_WINDOW_ELEMENTS = 1 << 22  # masked blocks in flight during the Gram opening (32 MiB)
+
+
+def gram_width(n: int) -> int:
+    """Columns per block of a Gram pair's ``R`` for ``n`` rows (normative for both ends)."""
+    return max(256, GRAM_BLOCK_ELEMENTS // max(n, 1))
+
+
+def gram_blocks(stream: AesCtrStream, n: int, d: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """``R``'s column blocks as (n×w block, first column), expanded from ``stream``.
+
+    Layout: blocks of :func:`gram_width` columns left to right, each drawn row-major.
+    Every yielded block reuses one buffer: callers consume it before the next.
+    """
+    width = gram_width(n)
+    buf = np.empty(n * width, dtype=np.int64)
+    for c0 in range(0, d, width):
+        w = min(width, d - c0)
+        yield torch.from_numpy(stream.fill(buf[: n * w].reshape(n, w))), c0
+
+
+@dataclass
+class GramPlan:
+    """A party's handle on a Gram pair: its sub-key for ``R_i`` and (once known) ``[Z]``."""
+
+    n: int
+    d: int
+    key: bytes
+    z: torch.Tensor | None
 
 
 class _CsprngClient:
@@ -304,12 +339,16 @@ class CsprngTTP(TrustedThirdParty):
             BinarySharedTensor.from_shares(rb),
         )
 
-    def gram_pair(self, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This party's shares of a uniform ``R`` (n×d) and of ``Z = R R^T``.
+    def gram_start(self, n: int, d: int) -> GramPlan:
+        """Start this party's share of a Gram pair: a uniform ``R`` (n×d) and ``Z = R R^T``.
 
-        ``Z``'s shares are both exactly symmetric (party 1's is ``U + U^T``), so every
-        matrix derived from them is symmetric too and exact ties break identically
-        for ``D[i, j]`` and ``D[j, i]``.
+        ``R`` is not materialised: both ends draw a fresh 256-bit sub-key from their
+        shared stream, and ``R_i`` is expanded from it column block by column block
+        (:func:`gram_blocks`) in the online phase, so a prepared pair costs O(n²)
+        memory, not O(n·d). Party 0 asks the dealer, which starts computing ``R R^T``
+        at once; :meth:`gram_finish` collects its share. ``Z``'s shares are both exactly
+        symmetric (party 1's is ``U + U^T``), so every matrix derived from them is
+        symmetric too and exact ties break identically for ``D[i, j]`` and ``D[j, i]``.
         """
         cl = _client()
         if cl.rank == RANK_A:
@@ -317,14 +356,19 @@ class CsprngTTP(TrustedThirdParty):
             hdr[0] = _F_GRAM
             hdr[1] = n
             hdr[2] = d
-            cl.send_request(hdr)  # the dealer expands and multiplies while we expand R_A
-        r = _ring(cl.stream, (n, d))
-        if cl.rank == RANK_A:
-            z = cl.recv_result((n, n))
-        else:
+            cl.send_request(hdr)
+        sub = cl.stream.read_bytes(KEY_BYTES)
+        z = None
+        if cl.rank != RANK_A:
             u = _ring(cl.stream, (n, n))
             z = u + u.t()
-        return r, z
+        return GramPlan(n=n, d=d, key=sub, z=z)
+
+    def gram_finish(self, plan: GramPlan) -> torch.Tensor:
+        """This party's share of ``Z = R R^T`` (party 0 waits for the dealer's)."""
+        if plan.z is None:
+            plan.z = _client().recv_result((plan.n, plan.n))
+        return plan.z
 
     @staticmethod
     def _init() -> None:  # CrypTen's init hook; the session does this itself
@@ -416,9 +460,14 @@ class _Dealer:
             n, d = int(hdr[1]), int(hdr[2])
             if n < 1 or d < 1 or n * d > MAX_DEALER_ELEMENTS:
                 raise MpcError(f"bad dealer request: gram {n}x{d}")
-            r = self._sum((n, d))
-            z = r @ r.t()
-            del r
+            subs = [AesCtrStream(st.read_bytes(KEY_BYTES)) for st in self.streams]
+            z = torch.zeros((n, n), dtype=torch.long)
+            spare = np.empty(n * gram_width(n), dtype=np.int64)
+            for r, _c0 in gram_blocks(subs[0], n, d):
+                for st in subs[1:]:
+                    w = r.shape[1]
+                    r += torch.from_numpy(st.fill(spare[: n * w].reshape(n, w)))
+                matmul_nt(r, r, out=z)  # blockwise: the dealer never holds all of R
             u = _ring(self.streams[1], (n, n))
             return z - (u + u.t())
         raise MpcError(f"bad dealer request: function {fid}")
@@ -510,8 +559,30 @@ def _init_comm(rank: int, ep: MpcEndpoint) -> None:
     crypten.cfg.communicator.verbose = True
 
 
+def configure_threads() -> int:
+    """Set torch's intra-op threads for an MPC process from ``SECAGG_MPC_THREADS``.
+
+    The default is 1. torch's OpenMP workers spin after every parallel region; with
+    A, B and the dealer on one host (tests, benchmarks, the quick start) two-thread
+    pools in each process took the distance phase from 0.43 s to 0.84 s on two cores.
+    The large products run in :mod:`secagg.ringmath`'s single-threaded kernel anyway.
+    On a dedicated multi-core server, more threads speed up Bulyan's elementwise
+    circuits: set ``SECAGG_MPC_THREADS`` to the cores the process may use.
+    """
+    raw = os.environ.get("SECAGG_MPC_THREADS", "1")
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise MpcError(f"SECAGG_MPC_THREADS must be a positive integer, got {raw!r}")
+    torch.set_num_threads(threads)
+    return threads
+
+
 def run_dealer(ep: MpcEndpoint, on_ready: Callable[[], None] | None = None) -> int:
     """Run the dealer (rank 2) until server A ends the session; returns requests served."""
+    configure_threads()
     _init_comm(RANK_DEALER, ep)
     try:  # sending the keys can fail too (a party died meanwhile): clean up then as well
         dealer = _Dealer(comm.get().ttp_group)
@@ -583,6 +654,7 @@ class MpcSession:
         global _CLIENT
         self.rank = rank
         self.endpoint = ep
+        configure_threads()
         from secagg.mpc_link import point_to_point
 
         _init_comm(rank, ep)
@@ -595,13 +667,15 @@ class MpcSession:
         # secagg's own openings between A and B: gloo's main_group or the TLS link
         self._link = point_to_point(comm.get().main_group)
         self.traffic = Traffic()
+        # seconds per step inside a phase (the benchmarks' profile of the real code path)
+        self.steps: dict[str, float] = {}
         self._sent = 0  # bytes this party sent in secagg's own openings
         self._rounds = 0
         # When a list, every value this party receives in secagg's openings (and its own
         # mask share of the Gram pair) is appended as (label, array): the privacy tests
         # analyse exactly what a curious server sees. Off (None) in production.
         self.transcript: list[tuple[str, np.ndarray]] | None = None
-        self._prepared: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._prepared: GramPlan | None = None
         self.closed = False
         log.info("mpc: rank %d joined the session", rank)
 
@@ -657,7 +731,13 @@ class MpcSession:
 
     def reset_traffic(self) -> Traffic:
         old, self.traffic = self.traffic, Traffic()
+        self.steps = {}
         return old
+
+    def _step(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.steps[name] = self.steps.get(name, 0.0) + now - since
+        return now
 
     @staticmethod
     def _as_tensor(share: np.ndarray) -> torch.Tensor:
@@ -677,7 +757,9 @@ class MpcSession:
         """
         provider: CsprngTTP = crypten.mpc.get_default_provider()
         with self._phase("prepare"):
-            self._prepared = (d, *provider.gram_pair(n, d))
+            plan = provider.gram_start(n, d)
+            provider.gram_finish(plan)
+            self._prepared = plan
 
     def sq_distances(self, share: np.ndarray) -> np.ndarray | None:
         """Pairwise squared distances of the n shared rows, revealed to server A only.
@@ -689,31 +771,99 @@ class MpcSession:
         ``[D] = diag[G] 1^T + 1 diag[G]^T - 2[G]`` locally, exact in the ring and exactly
         symmetric, and B sends its n×n share of D to A. Returns the int64 matrix at
         scale 2^32 on A, ``None`` on B.
+
+        The opening and the product run in column blocks (:func:`gram_width`), pipelined:
+        a block's masked share is on the wire while the previous block is multiplied, and
+        no n×d temporary is allocated (memory beyond the input is O(n·block)). Without a
+        prepared pair the dealer computes ``R R^T`` while the parties work, and only
+        its n×n share is awaited at the end.
         """
         x = self._as_tensor(share)
         if x.dim() != 2:
             raise ValueError("expected an n×d matrix of shares")
         n, d = x.shape
-        prepared, self._prepared = self._prepared, None
+        plan, self._prepared = self._prepared, None
+        provider: CsprngTTP = crypten.mpc.get_default_provider()
         with self._phase("distances"):
-            if prepared is not None and prepared[0] == d and prepared[1].shape[0] >= n:
-                r, z = prepared[1][:n], prepared[2][:n, :n]
-            else:
-                provider: CsprngTTP = crypten.mpc.get_default_provider()
-                r, z = provider.gram_pair(n, d)
-            self._record("own_mask_share", r)
-            e = x - r
-            e = self._open(e)  # E = E_A + E_B, the only n×d opening
-            other = 2 * r
-            del r
-            if self.rank == RANK_A:
-                other += e
-            p = e @ other.t()
-            del e, other
+            t = time.perf_counter()
+            if plan is None or plan.d != d or plan.n < n:
+                plan = provider.gram_start(n, d)
+                t = self._step("distances: dealer request (cold)", t)
+            p = self._gram_product(x, plan)
+            t = time.perf_counter()
+            z = provider.gram_finish(plan)[:n, :n]
+            t = self._step("distances: wait for the dealer's Z share", t)
             diag = torch.diagonal(p) + torch.diagonal(z)
             dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - (p + p.t()) - 2 * z
             out = self._open_to_a(dsh)
+            self._step("distances: D share, opened to A", t)
         return None if out is None else out.numpy()
+
+    def _gram_product(self, x: torch.Tensor, plan: GramPlan) -> torch.Tensor:
+        """``P`` of :meth:`sq_distances`, block by block, with the opening pipelined.
+
+        Up to ``window`` blocks of this party's masked share are on the wire ahead of
+        the block being multiplied: a lock-step exchange (one block out, one block in,
+        then the product) ran at a quarter of the link's speed.
+        """
+        n, d = x.shape
+        peer = 1 - self.rank
+        width = gram_width(plan.n)
+        window = max(2, _WINDOW_ELEMENTS // (n * width))
+        p = torch.zeros((n, n), dtype=torch.long)
+        mine = [torch.empty(n * width, dtype=torch.long) for _ in range(window)]
+        masks = [torch.empty(n * width, dtype=torch.long) for _ in range(window)]
+        theirs = torch.empty(n * width, dtype=torch.long)
+        recording = self.transcript is not None
+        seen_r: list[torch.Tensor] = []
+        seen_e: list[torch.Tensor] = []
+        blocks = gram_blocks(AesCtrStream(plan.key), plan.n, d)
+        inflight: collections.deque[tuple[torch.Tensor, torch.Tensor, Work]] = collections.deque()
+        started = 0
+
+        def start_next() -> None:
+            nonlocal started
+            t = time.perf_counter()
+            nxt = next(blocks, None)
+            if nxt is None:
+                return
+            r_all, c0 = nxt
+            w = r_all.shape[1]
+            k = started % window  # the slot of the block that left the window
+            started += 1
+            r = masks[k][: n * w].view(n, w)
+            r.copy_(r_all[:n])  # the generator reuses its buffer
+            e = mine[k][: n * w].view(n, w)
+            torch.sub(x[:, c0 : c0 + w], r, out=e)
+            t = self._step("distances: mask blocks (AES R_i, X - R)", t)
+            inflight.append((e, r, self._link.isend(e, peer)))
+            self._step("distances: send", t)
+
+        for _ in range(window):
+            start_next()
+        while inflight:
+            e, r, work = inflight.popleft()
+            t = time.perf_counter()
+            other = self._link.recv(theirs[: e.numel()].view(e.shape), peer)
+            t = self._step("distances: wait for the peer's block", t)
+            if recording:
+                seen_r.append(r.clone())
+                seen_e.append(other.clone())
+            other += e  # E's block
+            r.mul_(2)
+            if self.rank == RANK_A:
+                r += other
+            matmul_nt(other, r, out=p)
+            t = self._step("distances: product (ring kernel)", t)
+            work.wait()  # the slot is free once its bytes have left
+            self._step("distances: send", t)
+            start_next()
+        self._sent += n * d * 8
+        self._rounds += 1
+        if recording:
+            self._record("own_mask_share", torch.cat(seen_r, dim=1))
+            self._record("received", torch.cat(seen_e, dim=1))
+        return p
 
     def exchange_selection(self, selected: Sequence[int] | None, n: int) -> list[int]:
         """A sends its selection to B over the MPC channel (library use; the service
@@ -768,7 +918,7 @@ class MpcSession:
             for c0 in range(0, d, BLOCK):
                 w = min(BLOCK, d - c0)
                 r = torch.from_numpy(projection_block(stream, k, w))
-                p += x[:, c0 : c0 + w] @ r.t()  # int64: exact mod 2^64
+                matmul_nt(x[:, c0 : c0 + w], r, out=p)  # exact mod 2^64
             # shares of T - p and p + T: the public T is added by party 0 only
             pub = T if self.rank == RANK_A else 0
             both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test

@@ -12,12 +12,15 @@ bytes read as consecutive little-endian two's-complement int64 words.
 from __future__ import annotations
 
 import secrets
+import sys
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 KEY_BYTES = 32
 _ZERO_NONCE = bytes(16)
+_ZEROS = bytes(1 << 20)  # plaintext for the keystream: CTR encrypts zeros to itself
+_SLACK = 15
 
 
 def fresh_key() -> bytes:
@@ -42,13 +45,31 @@ class AesCtrStream:
             raise ValueError("nbytes must be non-negative")
         return self._enc.update(bytes(nbytes))
 
+    def fill(self, out: np.ndarray) -> np.ndarray:
+        """Overwrite ``out`` (a C-contiguous int64 array) with the next keystream words.
+
+        Encrypts straight into ``out``'s memory, a MiB at a time: building a bytes
+        object, then an array from it, then a copy cost 20x the AES itself.
+        """
+        if out.dtype != np.int64 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("fill needs a writeable C-contiguous int64 array")
+        mv = memoryview(out.reshape(-1)).cast("B")
+        total, pos = len(mv), 0
+        while pos < total:
+            m = min(len(_ZEROS), total - pos)
+            if pos + m + _SLACK <= total:  # update_into wants block_size - 1 spare bytes
+                self._enc.update_into(_ZEROS[:m], mv[pos : pos + m + _SLACK])
+            else:
+                mv[pos : pos + m] = self._enc.update(_ZEROS[:m])
+            pos += m
+        if sys.byteorder != "little":  # the keystream is read as little-endian words
+            out.byteswap(inplace=True)
+        return out
+
     def ring(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform elements of Z_2^64 as an int64 array of the given shape."""
         shape_t = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        count = int(np.prod(shape_t, dtype=np.int64))
-        buf = self.read_bytes(8 * count)
-        # copy: callers get an ordinary writeable array, not a view of immutable bytes
-        return np.frombuffer(buf, dtype="<i8").astype(np.int64).reshape(shape_t)
+        return self.fill(np.empty(shape_t, dtype=np.int64))
 
     def bits(self, shape: int | tuple[int, ...], bitlength: int = 64) -> np.ndarray:
         """Uniform ``bitlength``-bit values (low bits of ring elements), as int64."""

@@ -140,17 +140,33 @@ def check_validated_headroom(
     return T
 
 
+def _entry_table() -> np.ndarray:
+    # byte -> its 4 entries; bit pairs read most significant first (np.unpackbits order):
+    # first bit of a pair = nonzero, second = negative
+    table = np.zeros((256, 4), dtype=np.int64)
+    for byte in range(256):
+        for j in range(4):
+            nonzero = (byte >> (7 - 2 * j)) & 1
+            negative = (byte >> (6 - 2 * j)) & 1
+            table[byte, j] = nonzero * (1 - 2 * negative)
+    return table
+
+
+_ENTRIES = _entry_table()
+
+
 def projection_block(stream: AesCtrStream, k: int, width: int) -> np.ndarray:
     """The next ``width`` columns of R (k × width, int64 entries in {-1, 0, 1}).
 
     Each entry takes two keystream bits: the first says nonzero (P = 1/2), the second
     the sign. Blocks are drawn in column order, so both servers (and a test) expanding
-    the same seed with the same block sizes get the same R.
+    the same seed with the same block sizes get the same R. (A byte lookup table maps
+    each keystream byte to its four entries; ``tests/test_validation.py`` checks it
+    against the bit-by-bit definition.)
     """
-    nbits = 2 * k * width
-    raw = np.frombuffer(stream.read_bytes((nbits + 7) // 8), dtype=np.uint8)
-    bits = np.unpackbits(raw)[:nbits].reshape(k, width, 2).astype(np.int8)
-    return (bits[..., 0] * (1 - 2 * bits[..., 1])).astype(np.int64)
+    count = k * width
+    raw = np.frombuffer(stream.read_bytes((2 * count + 7) // 8), dtype=np.uint8)
+    return _ENTRIES[raw].reshape(-1)[:count].reshape(k, width)
 
 
 def projections_plain(X: np.ndarray, seed: bytes, k: int) -> np.ndarray:

@@ -49,7 +49,7 @@ def test_bench_quick_runs_and_agrees_with_plaintext(tmp_path):
 
     cr = res["correctness"]
     assert cr["secagg_exact"] is True
-    assert cr["profile_replica_exact"] is True
+    assert cr["profile_exact"] is True
     assert cr["crypten_within_tol"] is True
     assert cr["bulyan_exact"] is True
     assert cr["passed"] is True
