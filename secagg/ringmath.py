@@ -36,7 +36,7 @@ import torch
 log = logging.getLogger("secagg.ringmath")
 
 _SRC = Path(__file__).with_name("native") / "ring_gemm.c"
-_ABI = 1
+_ABI = 3
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _REASON = "not loaded yet"
@@ -108,12 +108,14 @@ def _load() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(build()))
             if lib.secagg_ring_gemm_abi() != _ABI:
                 raise RuntimeError("stale kernel ABI; delete secagg/native/_build")
-            fn = lib.secagg_ring_gemm_nt
-            fn.restype = None
-            fn.argtypes = [
-                ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-            ]  # fmt: skip
+            i64 = ctypes.c_int64
+            for fn, res in ((lib.secagg_ring_gemm_nt, None), (lib.secagg_ring_gemm_nt_i8, i64)):
+                fn.restype = res
+                fn.argtypes = [
+                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                    ctypes.c_int64,
+                ]  # fmt: skip
             _LIB, _REASON = lib, "native"
         except (OSError, RuntimeError, AttributeError) as exc:
             _REASON = f"torch fallback ({exc})"
@@ -131,9 +133,10 @@ def backend() -> str:
     return _REASON
 
 
-def _check(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 2:
-        raise TypeError(f"{name} must be a 2-D int64 torch tensor")
+def _check(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes or t.dim() != 2:
+        kinds = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must be a 2-D {kinds} torch tensor")
     if t.shape[0] > 1 and t.shape[1] > 0 and t.stride(1) != 1:
         raise ValueError(f"{name} must have unit column stride (rows may be strided)")
 
@@ -144,8 +147,9 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None)
     Parameters
     ----------
     a, b
-        int64 matrices of shapes (n1, d) and (n2, d). Rows may be strided (a column
-        slice of a wider matrix is fine); columns must be contiguous.
+        Matrices of shapes (n1, d) and (n2, d): ``a`` int64, ``b`` int64 or int8 (small
+        public values such as projections, sign-extended into the ring). Rows may be
+        strided (a column slice of a wider matrix is fine); columns must be contiguous.
     out
         Optional (n1, n2) contiguous int64 accumulator, updated in place.
 
@@ -154,8 +158,8 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None)
     torch.Tensor
         ``out``, exact mod 2^64 (two's complement wrap-around).
     """
-    _check("a", a)
-    _check("b", b)
+    _check("a", a, (torch.int64,))
+    _check("b", b, (torch.int64, torch.int8))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"inner dimensions differ: {tuple(a.shape)} and {tuple(b.shape)}")
     n1, d = a.shape
@@ -168,13 +172,15 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None)
         return out
     lib = _load()
     if lib is None:
-        out += a @ b.t()
+        out += a @ b.to(torch.int64).t()
         return out
+    args = (a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0), out.data_ptr(), out.stride(0))
     # ctypes releases the GIL for the call: the link threads keep moving bytes meanwhile
-    lib.secagg_ring_gemm_nt(
-        a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0),
-        out.data_ptr(), out.stride(0), n1, n2, d,
-    )  # fmt: skip
+    if b.dtype == torch.int8:
+        if lib.secagg_ring_gemm_nt_i8(*args, n1, n2, d) != 0:
+            out += a @ b.to(torch.int64).t()  # no scratch memory: same result, slower
+    else:
+        lib.secagg_ring_gemm_nt(*args, n1, n2, d)
     return out
 
 

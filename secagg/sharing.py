@@ -129,6 +129,15 @@ def share_a(seed: bytes, d: int) -> np.ndarray:
     return prg.expand_seed(_check_seed(seed), d)
 
 
+def share_a_into(seed: bytes, out: np.ndarray) -> np.ndarray:
+    """:func:`share_a` written into ``out`` (a C-contiguous int64 row), no temporary.
+
+    Server A stacks n expanded seeds into one n×d matrix; expanding each into its row
+    directly saves an n·d allocation and copy.
+    """
+    return prg.AesCtrStream(_check_seed(seed)).fill(out)
+
+
 def reconstruct(seed: bytes, share_b: ArrayLike) -> np.ndarray:
     """Recombine ``s_A + s_B mod 2^64`` (tests and reference only).
 

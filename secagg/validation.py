@@ -143,7 +143,7 @@ def check_validated_headroom(
 def _entry_table() -> np.ndarray:
     # byte -> its 4 entries; bit pairs read most significant first (np.unpackbits order):
     # first bit of a pair = nonzero, second = negative
-    table = np.zeros((256, 4), dtype=np.int64)
+    table = np.zeros((256, 4), dtype=np.int8)
     for byte in range(256):
         for j in range(4):
             nonzero = (byte >> (7 - 2 * j)) & 1
@@ -153,10 +153,13 @@ def _entry_table() -> np.ndarray:
 
 
 _ENTRIES = _entry_table()
+# the same table with each byte's 4 entries packed in one word: a 1-D gather of words is
+# about 3x faster than gathering rows (viewing back as int8 restores the byte order)
+_PACKED = np.ascontiguousarray(_ENTRIES).view(np.uint32).reshape(256)
 
 
 def projection_block(stream: AesCtrStream, k: int, width: int) -> np.ndarray:
-    """The next ``width`` columns of R (k × width, int64 entries in {-1, 0, 1}).
+    """The next ``width`` columns of R (k × width, int8 entries in {-1, 0, 1}).
 
     Each entry takes two keystream bits: the first says nonzero (P = 1/2), the second
     the sign. Blocks are drawn in column order, so both servers (and a test) expanding
@@ -166,7 +169,7 @@ def projection_block(stream: AesCtrStream, k: int, width: int) -> np.ndarray:
     """
     count = k * width
     raw = np.frombuffer(stream.read_bytes((2 * count + 7) // 8), dtype=np.uint8)
-    return _ENTRIES[raw].reshape(-1)[:count].reshape(k, width)
+    return _PACKED[raw].view(np.int8)[:count].reshape(k, width)
 
 
 def projections_plain(X: np.ndarray, seed: bytes, k: int) -> np.ndarray:
@@ -177,7 +180,7 @@ def projections_plain(X: np.ndarray, seed: bytes, k: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         for c0 in range(0, d, BLOCK):
             w = min(BLOCK, d - c0)
-            R = projection_block(stream, k, w)
+            R = projection_block(stream, k, w).astype(np.int64)
             out += X[:, c0 : c0 + w] @ R.T
     return out
 

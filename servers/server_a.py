@@ -497,7 +497,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
 def _expand_seeds(seeds: list[bytes], dim: int) -> np.ndarray:
     out = np.empty((len(seeds), dim), dtype=np.int64)
     for i, s in enumerate(seeds):
-        out[i] = sharing.share_a(s, dim)
+        sharing.share_a_into(s, out[i])
     return out
 
 

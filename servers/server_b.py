@@ -44,6 +44,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         # Workers with a share upload in progress: one stream per worker at a time, so
         # a flood of parallel uploads cannot hold more than one share each in memory.
         self._uploads: set[str] = set()
+        # round -> (participants, their shares stacked): built once per round, off the
+        # event loop, instead of an n·d copy in every phase
+        self._matrices: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         restore_rounds(self.book, "server B restarted during the 2PC: A runs it again")
 
     async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
@@ -165,8 +168,25 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             await common.abort_for(context, exc)
             raise
 
+    async def _share_matrix(self, rnd: Round, participants: list[str]) -> np.ndarray:
+        """B's shares of ``participants`` as one n×d matrix (rows in that order)."""
+        key = tuple(participants)
+        cached = self._matrices.get(rnd.round_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None and set(key) <= set(cached[0]):
+            # validation excluded some: keep the rows of those that remain
+            rows = np.asarray([cached[0].index(w) for w in key], dtype=np.int64)
+            mat = await asyncio.to_thread(np.take, cached[1], rows, 0)
+        else:
+            payloads = [rnd.submission(w).payload for w in participants]
+            mat = await asyncio.to_thread(np.stack, payloads)
+        self._matrices = {rnd.round_id: (key, mat)}  # one round's 2PC at a time
+        return mat
+
     async def FailRound(self, request: pb.FailRequest, context) -> pb.RoundStatus:  # noqa: N802
         await self._peer(context)
+        self._matrices.pop(request.round_id, None)
         try:
             rnd = self.book.get(request.round_id)
             if not rnd.state.terminal:
@@ -199,7 +219,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             n = len(participants)
             plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
             plan.validate(n)
-            share = np.stack([rnd.submission(w).payload for w in participants])
+            share = await self._share_matrix(rnd, participants)
             selected = [int(i) for i in request.selected]
             t0 = time.perf_counter()
             rejected: list[str] = []
@@ -259,6 +279,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
                 rnd.record_mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
+                self._matrices.pop(rnd.round_id, None)
             else:
                 raise transport.ProtocolError(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown phase {request.phase}"

@@ -30,6 +30,16 @@ def test_matches_torch_int64_matmul_bit_for_bit(n1: int, n2: int, d: int) -> Non
     assert torch.equal(ringmath.matmul_nt(a, b), a @ b.t())
 
 
+@pytest.mark.parametrize(("n1", "n2", "d"), [(1, 1, 1), (20, 40, 4099), (3, 7, 2049)])
+def test_int8_right_operand_is_sign_extended_into_the_ring(n1: int, n2: int, d: int) -> None:
+    a = _rand((n1, d), d)
+    g = torch.Generator().manual_seed(n2)
+    b = torch.randint(-128, 128, (n2, d), dtype=torch.int8, generator=g)
+    want = a @ b.to(torch.int64).t()
+    assert torch.equal(ringmath.matmul_nt(a, b), want)
+    assert torch.equal(ringmath.matmul_nt(a[:, 1:], b[:, 1:]), a[:, 1:] @ b[:, 1:].long().t())
+
+
 def test_accumulates_and_takes_row_strided_views() -> None:
     x, r = _rand((6, 9000), 1), _rand((4, 3000), 2)
     start = _rand((6, 4), 3)
@@ -52,9 +62,11 @@ def test_exact_mod_2_64_on_extreme_values() -> None:
 
 def test_torch_fallback_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _rand((5, 3001), 4), _rand((6, 3001), 5)
-    native = ringmath.matmul_nt(a, b)
+    small = (b % 3 - 1).to(torch.int8)
+    native, native8 = ringmath.matmul_nt(a, b), ringmath.matmul_nt(a, small)
     monkeypatch.setattr(ringmath, "_load", lambda: None)
     assert torch.equal(ringmath.matmul_nt(a, b), native)
+    assert torch.equal(ringmath.matmul_nt(a, small), native8)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no cc")

@@ -327,3 +327,15 @@ def test_statistics_detect_a_weak_mask() -> None:
     sb_big = np.stack([weak(big, next(keys)) for _ in range(N_SPLITS)])
     assert min(uniformity_pvalues(sb_zero)) < P_MIN
     assert min(two_sample_pvalues(sb_zero, sb_big)) < P_MIN
+
+
+def test_share_a_into_writes_exactly_share_a() -> None:
+    from secagg.sharing import share_a, share_a_into
+
+    seed = bytes(range(32))
+    out = np.full((2, 1001), 7, dtype=np.int64)
+    share_a_into(seed, out[1])
+    assert np.array_equal(out[1], share_a(seed, 1001))
+    assert (out[0] == 7).all()
+    with pytest.raises(ValueError):
+        share_a_into(b"short", out[0])

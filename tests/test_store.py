@@ -176,8 +176,36 @@ def test_finished_rounds_keep_receipts_but_drop_payloads(tmp_path: Path) -> None
     assert again.submit("w0", "a", share(0)) == r0  # a late identical retry still works
     db = b1.store
     assert isinstance(db, SqliteStore)
+    db.flush()  # the erasure runs after the terminal state is committed, off its path
     nulls = db._db.execute("SELECT COUNT(*) FROM submissions WHERE payload IS NULL").fetchone()
     assert nulls == (2,)
+    # secure_delete: the erased shares' bytes are gone from the file, not just unlinked
+    raw = (tmp_path / "server-b.db").read_bytes() + (tmp_path / "server-b.db-wal").read_bytes()
+    assert share(0).astype("<i8").tobytes() not in raw
+
+
+def test_shares_left_by_a_stop_before_the_erasure_are_erased_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    b1 = book(tmp_path, "server-b")
+    db = b1.store
+    assert isinstance(db, SqliteStore)
+    db._schedule_purge = lambda rid: None  # type: ignore[method-assign]  # "crash" first
+    rnd = b1.open(cfg("r1", rule="mean", f=0, n_expected=2))
+    rnd.submit("w0", "a", share(0))
+    rnd.submit("w1", "b", share(1))
+    rnd.fix_participants({"w0": "a", "w1": "b"})
+    rnd.start_reveal(["w0", "w1"])
+    rnd.finish()
+    count = "SELECT COUNT(*) FROM submissions WHERE payload IS NULL"
+    assert db._db.execute(count).fetchone() == (0,)
+    b2 = book(tmp_path, "server-b")
+    again = b2.restore()[0]
+    assert again.state is S.DONE and again.submission("w1").payload == b""
+    db2 = b2.store
+    assert isinstance(db2, SqliteStore)
+    db2.flush()
+    assert db2._db.execute(count).fetchone() == (2,)
 
 
 class _RecordingStore:
