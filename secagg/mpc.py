@@ -911,7 +911,7 @@ class MpcSession:
         if x.dim() != 2:
             raise ValueError("expected an n×d matrix of shares")
         n, d = x.shape
-        k, T = int(projections), int(threshold)
+        k = int(projections)
         with self._phase("validation"):
             stream = AesCtrStream(seed)
             p = torch.zeros((n, k), dtype=torch.long)
@@ -919,13 +919,27 @@ class MpcSession:
                 w = min(BLOCK, d - c0)
                 r = torch.from_numpy(projection_block(stream, k, w))
                 matmul_nt(x[:, c0 : c0 + w], r, out=p)  # exact mod 2^64
-            # shares of T - p and p + T: the public T is added by party 0 only
-            pub = T if self.rank == RANK_A else 0
-            both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test
-            outside = MPCTensor.from_shares(both, precision=0).lt(0)  # 0/1 per bound
-            fails = outside.reshape(2, n, k).sum(dim=0).sum(dim=1)  # per worker, in [0, 2k]
-            rejected = (fails - 1).ge(0)  # only this bit per worker is opened
-            bits = rejected._tensor.reveal()
+            return self._accept_bits(p, int(threshold))
+
+    def validate_projections(self, projected: np.ndarray, threshold: int) -> np.ndarray:
+        """:meth:`validate_inputs` for shares already projected (n×k, this party's
+        shares of ``X R^T``): the service projects each share as it arrives, so only
+        the secure comparison is left once the participants are known."""
+        p = self._as_tensor(projected)
+        if p.dim() != 2:
+            raise ValueError("expected an n×k matrix of projection shares")
+        with self._phase("validation"):
+            return self._accept_bits(p, int(threshold))
+
+    def _accept_bits(self, p: torch.Tensor, T: int) -> np.ndarray:
+        n, k = p.shape
+        # shares of T - p and p + T: the public T is added by party 0 only
+        pub = T if self.rank == RANK_A else 0
+        both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test
+        outside = MPCTensor.from_shares(both, precision=0).lt(0)  # 0/1 per bound
+        fails = outside.reshape(2, n, k).sum(dim=0).sum(dim=1)  # per worker, in [0, 2k]
+        rejected = (fails - 1).ge(0)  # only this bit per worker is opened
+        bits = rejected._tensor.reveal()
         return bits.numpy() == 0
 
     def reveal_sum(self, share: np.ndarray, selected: Sequence[int]) -> np.ndarray:

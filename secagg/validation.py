@@ -9,12 +9,21 @@ test each worker's vector in 2PC with random projections.
 
 The test
 --------
-After all shares are fixed, server A draws a fresh 32-byte seed; both servers expand
-it (AES-256-CTR, :func:`projection_block`) into k public vectors r_1..r_k ∈ {-1,0,1}^d
+Server A draws a fresh 32-byte seed and shares it with server B only; both servers
+expand it (AES-256-CTR, :func:`projection_block`) into k vectors r_1..r_k ∈ {-1,0,1}^d
 with P(r_i = 0) = 1/2, P(r_i = ±1) = 1/4, compute their shares of p_j = <r_j, x>
 (mod 2^64, linear, local), and run a secure comparison of every p_j against the
 public threshold T. A worker is accepted iff |p_j| ≤ T for all j (p_j read as a
 signed int64); only the accept bit is opened.
+
+When the seed is drawn: the argument below needs R independent of x. The library path
+(:func:`secagg.protocol.validate`) draws it after every vector is fixed. The service
+draws it when the round opens, so that each server can project a share the moment it
+arrives (:mod:`servers.precompute`) and only the comparison is left after the last
+share; there R is independent of x because no worker ever sees the seed: it travels
+from A to B over the mutually authenticated peer channel and appears in no reply,
+status, report or log, and the servers do not collude with workers (the threat model).
+A server that restarted has lost it and draws a new one at the validation phase.
 
 Completeness (honest workers)
     An honest encoded vector has ||x||_2 ≤ N := L·2^16 + sqrt(d)/2. p_j is a sum of
@@ -170,6 +179,20 @@ def projection_block(stream: AesCtrStream, k: int, width: int) -> np.ndarray:
     count = k * width
     raw = np.frombuffer(stream.read_bytes((2 * count + 7) // 8), dtype=np.uint8)
     return _PACKED[raw].view(np.int8)[:count].reshape(k, width)
+
+
+def projection_matrix(seed: bytes, k: int, d: int) -> np.ndarray:
+    """All of R (k × d, int8): the blocks of :func:`projection_block` side by side.
+
+    The same R as the blockwise expansion (same stream, same block order), held whole
+    so that each share can be projected on arrival: 40 MB at k=40, d=10^6.
+    """
+    stream = AesCtrStream(seed)
+    out = np.empty((k, d), dtype=np.int8)
+    for c0 in range(0, d, BLOCK):
+        w = min(BLOCK, d - c0)
+        out[:, c0 : c0 + w] = projection_block(stream, k, w)
+    return out
 
 
 def projections_plain(X: np.ndarray, seed: bytes, k: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from secagg.store import StoredOutcome, open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
+from servers.precompute import Projector
 from servers.session import SessionKeeper, failed_rounds, restore_rounds, rounds_to_resume
 
 log = logging.getLogger("secagg.server_a")
@@ -63,6 +64,9 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.admin_token = admin_token
         self.phase_timeout_s = phase_timeout_s
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc")
+        # validation projections of each share as it arrives (servers.precompute)
+        self.precompute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute")
+        self.projectors: dict[str, Projector] = {}
         self.session: mpc.MpcSession | None = None
         self.mpc_lock = asyncio.Lock()  # one 2PC computation at a time
         self.tasks: dict[str, asyncio.Task] = {}
@@ -126,6 +130,9 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             receipt = await asyncio.to_thread(
                 rnd.submit, request.worker_id, request.submission_id, bytes(request.seed)
             )
+            proj = self.projectors.get(rnd.round_id)
+            if proj is not None:
+                proj.add_seed(request.worker_id, bytes(request.seed))
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -246,6 +253,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rid = rnd.round_id
         try:
             if rnd.state in (RoundState.OPEN, RoundState.COLLECTING):
+                self._start_projector(rnd)
                 if rnd.config.rule is not Rule.MEAN:
                     await self._prepare_if_ready(rnd)
                 if not await self._collect(rnd):
@@ -257,6 +265,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             else:
                 return
             await self._run_2pc_when_ready(rnd, participants)
+            self.projectors.pop(rid, None)
             await asyncio.to_thread(self._save_outcome, rnd)
             return
         except RoundError as exc:
@@ -270,7 +279,20 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             rnd.fail(reason)
         # Outside the except blocks: a failed 2PC step's traceback references the MPC
         # session's process groups, and must be garbage before the session is rebuilt.
+        self.projectors.pop(rid, None)
         await self._fail_peer(rid, reason)
+
+    def _start_projector(self, rnd: Round) -> None:
+        """Draw the round's projection seed now and project shares as they arrive."""
+        cfg = rnd.config
+        if cfg.validation_threshold() is None or rnd.round_id in self.projectors:
+            return
+        proj = Projector(
+            rnd.round_id, fresh_key(), cfg.validation_params().projections, cfg.dim, self.precompute
+        )
+        self.projectors[rnd.round_id] = proj
+        for w in rnd.holdings():  # seeds accepted before this (or before a restart)
+            proj.add_seed(w, bytes(rnd.submission(w).payload))
 
     async def _collect(self, rnd: Round) -> bool:
         """Wait for quorum on both servers, or the deadline; False if the round ended."""
@@ -380,6 +402,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         assert self.session is not None
         cfg = rnd.config
         t0 = time.perf_counter()
+        proj = self.projectors.get(rnd.round_id)
         async with self.mpc_lock:
             await self._phase(
                 rnd,
@@ -389,6 +412,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 self.session.prepare_distances,
                 cfg.n_expected,
                 cfg.dim,
+                # B projects its shares as they arrive too (servers.precompute)
+                projection_seed=proj.seed if proj is not None else b"",
             )
         rnd.record_phase("prepare", seconds=time.perf_counter() - t0)
 
@@ -440,19 +465,24 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         threshold = cfg.validation_threshold()
         if threshold is not None:
             rnd.start_validation()
-            seed = fresh_key()  # drawn only now: no worker could adapt to the projections
             vp = cfg.validation_params()
+            proj = self.projectors.get(rnd.round_id)
+            if proj is None or proj.k != vp.projections:
+                # lost with a restart: a fresh seed, drawn after every vector is fixed
+                proj = Projector(
+                    rnd.round_id, fresh_key(), vp.projections, cfg.dim, self.precompute
+                )
+                self.projectors[rnd.round_id] = proj
+            projected = await asyncio.to_thread(proj.projections, participants, share)
             reply, ok = await self._phase(
                 rnd,
                 pb.PHASE_VALIDATION,
                 participants,
                 [],
-                self.session.validate_inputs,
-                share,
-                seed,
-                vp.projections,
+                self.session.validate_projections,
+                projected,
                 threshold,
-                projection_seed=seed,
+                projection_seed=proj.seed,
             )
             rejected = [w for w, good in zip(participants, ok, strict=True) if not good]
             if sorted(reply.rejected) != sorted(rejected):
@@ -486,6 +516,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rnd.finish()
 
     async def close(self) -> None:
+        self.precompute.shutdown(wait=False, cancel_futures=True)
         await self.keeper.stop()
         for t in self.tasks.values():
             t.cancel()

@@ -24,6 +24,7 @@ from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
+from servers.precompute import Projector
 from servers.session import SessionMember, restore_rounds
 
 log = logging.getLogger("secagg.server_b")
@@ -47,6 +48,10 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         # round -> (participants, their shares stacked): built once per round, off the
         # event loop, instead of an n·d copy in every phase
         self._matrices: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+        # validation projections of each share as it arrives, once A has sent the
+        # round's seed with PREPARE (servers.precompute)
+        self.precompute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute")
+        self.projectors: dict[str, Projector] = {}
         restore_rounds(self.book, "server B restarted during the 2PC: A runs it again")
 
     async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
@@ -118,6 +123,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             receipt = await asyncio.to_thread(
                 rnd.submit, wid, header.submission_id, share, digest=assembler.digest()
             )
+            proj = self.projectors.get(rnd.round_id)
+            if proj is not None:
+                proj.add_share(wid, share)
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -168,6 +176,20 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             await common.abort_for(context, exc)
             raise
 
+    def _start_projector(self, rnd: Round, seed: bytes) -> Projector:
+        """The round's projector for A's seed (a new seed from A replaces an old one)."""
+        proj = self.projectors.get(rnd.round_id)
+        k = rnd.config.validation_params().projections
+        if proj is not None and proj.seed == seed and proj.k == k:
+            return proj
+        proj = Projector(rnd.round_id, seed, k, rnd.config.dim, self.precompute)
+        self.projectors[rnd.round_id] = proj
+        for w in rnd.holdings():  # shares accepted before the seed came
+            payload = rnd.submission(w).payload
+            if isinstance(payload, np.ndarray):
+                proj.add_share(w, payload)
+        return proj
+
     async def _share_matrix(self, rnd: Round, participants: list[str]) -> np.ndarray:
         """B's shares of ``participants`` as one n×d matrix (rows in that order)."""
         key = tuple(participants)
@@ -187,6 +209,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
     async def FailRound(self, request: pb.FailRequest, context) -> pb.RoundStatus:  # noqa: N802
         await self._peer(context)
         self._matrices.pop(request.round_id, None)
+        self.projectors.pop(request.round_id, None)
         try:
             rnd = self.book.get(request.round_id)
             if not rnd.state.terminal:
@@ -203,6 +226,8 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         try:
             rnd = self.book.get(request.round_id)
             if request.phase == pb.PHASE_PREPARE:  # input-independent: no state change
+                if len(request.projection_seed) == 32:
+                    self._start_projector(rnd, bytes(request.projection_seed))
                 t0 = time.perf_counter()
                 await self._mpc(
                     self.session.prepare_distances, rnd.config.n_expected, rnd.config.dim
@@ -233,13 +258,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 rnd.start_validation()
                 self.session.reset_traffic()
                 vp = cfg.validation_params()
-                ok = await self._mpc(
-                    self.session.validate_inputs,
-                    share,
-                    bytes(request.projection_seed),
-                    vp.projections,
-                    threshold,
-                )
+                proj = self._start_projector(rnd, bytes(request.projection_seed))
+                projected = await asyncio.to_thread(proj.projections, participants, share)
+                ok = await self._mpc(self.session.validate_projections, projected, threshold)
                 rejected = [w for w, good in zip(participants, ok, strict=True) if not good]
                 if rejected:
                     try:
@@ -280,6 +301,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 rnd.record_mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
                 self._matrices.pop(rnd.round_id, None)
+                self.projectors.pop(rnd.round_id, None)
             else:
                 raise transport.ProtocolError(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown phase {request.phase}"
@@ -305,6 +327,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         return self.member.handle(request)
 
     async def close(self) -> None:
+        self.precompute.shutdown(wait=False, cancel_futures=True)
         await self.member.stop()
         if self.session is not None:
             await self._mpc(self.session.close)

@@ -8,7 +8,10 @@ from rotting:
   variables must equal the one below.
 * Every service's own command runs NATIVELY on loopback, in ``depends_on`` order, and
   the demo ``workers`` service's round must succeed, with TLS, and match the plaintext
-  reference. What runs here is what the containers run.
+  reference. What runs here is what the containers run, the parties' MPC links over
+  mutual TLS included: the test checks from the processes' own sockets that A, B and
+  the dealer talk over those links (to the ports their peers configured) and that no
+  other port (a gloo rendezvous or gloo pair) is left listening.
 
 Mapping from a container to a native process (the only liberties taken):
 
@@ -20,10 +23,11 @@ compose                         native
 ``python ARGS``                 ``sys.executable ARGS`` (same shim trick)
 image WORKDIR ``/app``          the repository root (cwd), which is what the image holds
 ``${VAR:-default}``             interpolated as compose does; every ``*_PORT`` variable
-                                gets a free local port, SECAGG_GLOO_IFNAME=lo, and the
-                                demo is shrunk (few workers, small dim)
-host ``service-name``,          ``127.0.0.1`` (in ``HOST:PORT`` and in values that are
-``0.0.0.0``                     just a host name)
+                                gets a free local port, and the demo is shrunk (few
+                                workers, small dim)
+host ``service-name``,          ``127.0.0.1`` (in ``HOST:PORT``, also inside lists such
+``0.0.0.0``                     as ``SECAGG_MPC_PEERS=server-b=server-b:PORT,...``, and
+                                in values that are just a host name)
 named volume ``V`` at ``/T``    a temp dir ``volumes/V``; ``/T`` is rewritten to it in the
                                 service's environment, command and health check
 ``healthcheck.test`` ``CMD``    the same argv, run until it exits 0
@@ -67,8 +71,10 @@ DEMO = {
     "SECAGG_DEMO_SEED": "7",
     "SECAGG_DEMO_DEADLINE_S": "60",
     "SECAGG_MPC_TIMEOUT_S": "120",  # the three import torch at once on two cores
-    "SECAGG_GLOO_IFNAME": "lo",
 }
+PARTIES = ("server-a", "server-b", "dealer")
+# gloo's settings, which the mtls MPC transport does not use: none may be left behind
+GLOO_ONLY = ("SECAGG_MPC_ADDR", "SECAGG_MPC_PORT", "GLOO_SOCKET_IFNAME", "MASTER_ADDR")
 # the private key each service may see; `certs` makes them all (and alone mounts `ca`)
 OWN_KEYS = {
     "server-a": {"server-a.key"},
@@ -210,11 +216,11 @@ def test_compose_config_validates(variables: dict[str, str], spec: dict[str, Any
 
 def test_network_isolation(spec: dict[str, Any]) -> None:
     """Workers reach the two worker ports (through relays) and nothing else of A, B or
-    the dealer: no MPC rendezvous, gloo, control port or dealer."""
+    the dealer: no MPC port, control port or dealer."""
     svcs = spec["services"]
-    parties = ("server-a", "server-b", "dealer")
+    parties = PARTIES
     for p in parties:
-        # one network each: GLOO_SOCKET_IFNAME=eth0 is then the MPC interface
+        # one network each: the internal one, where the MPC links and Peer run
         assert networks_of(svcs[p]) == {"mpc"}, p
     assert spec["networks"]["mpc"].get("internal") is True
     assert not networks_of(svcs["workers"]) & {"mpc"}
@@ -235,6 +241,49 @@ def test_network_isolation(spec: dict[str, Any]) -> None:
         assert env_of(svc)["SECAGG_RELAY_TO"] == f"server-a:{a_control}", name
     # the dealer's only gRPC port (health) is on its own loopback
     assert listen["dealer"].startswith("127.0.0.1:")
+
+
+def mpc_topology() -> tuple[tuple[str, ...], dict[str, set[str]]]:
+    """The MPC layer's party names (certificate CNs) and whom each party dials."""
+    from secagg.mpc_link import PARTY_NAMES, SENDS_TO
+
+    return PARTY_NAMES, {PARTY_NAMES[r]: {PARTY_NAMES[d] for d in SENDS_TO[r]} for r in SENDS_TO}
+
+
+def mpc_peers(value: str) -> dict[str, str]:
+    from servers.common import _mpc_peers
+
+    return _mpc_peers(value)
+
+
+def test_mpc_links_are_mutual_tls(spec: dict[str, Any]) -> None:
+    """A, B and the dealer run their MPC links over mutual TLS (no plaintext gloo):
+    each listens on its own port, dials exactly the parties it sends to at the ports
+    they listen on, and presents the certificate `certs` gives it, whose CN is the
+    party name the MPC layer checks."""
+    names, dials = mpc_topology()
+    assert set(names) == set(PARTIES), "compose services are named as the MPC parties"
+    svcs = spec["services"]
+    envs = {p: env_of(svcs[p]) for p in PARTIES}
+    listen = {}
+    for p, env in envs.items():
+        assert env.get("SECAGG_MPC_TRANSPORT") == "mtls", p
+        assert not set(GLOO_ONLY) & set(env), f"{p}: gloo settings {set(GLOO_ONLY) & set(env)}"
+        host, _, port = env["SECAGG_MPC_LISTEN"].rpartition(":")
+        assert host == "0.0.0.0" and port, p  # reachable on `mpc` (a container's eth0)
+        listen[p] = port
+    for p, env in envs.items():
+        peers = mpc_peers(env["SECAGG_MPC_PEERS"])
+        assert set(peers) == dials[p], (p, peers)
+        for name, addr in peers.items():
+            assert addr == f"{name}:{listen[name]}", (p, name, addr)  # service DNS name
+    # each party's TLS dir gets its own NAME.pem/.key (CN NAME) and the CA from `certs`
+    script = svcs["certs"]["command"][-1]
+    for p, env in envs.items():
+        tls_dir = env["SECAGG_TLS_DIR"]
+        assert any(t == tls_dir and ro for _, t, ro in mounts_of(svcs[p])), p
+        copy = rf"^\s*cp ca\.pem {re.escape(p)}\.pem {re.escape(p)}\.key .*{re.escape(tls_dir)}/$"
+        assert re.search(copy, script, re.M), f"{p}: its certificate is not copied to {tls_dir}"
 
 
 def test_addresses_are_services_and_port_variables(
@@ -431,6 +480,85 @@ def native_services(spec: dict[str, Any], tmp: Path) -> dict[str, Native]:
     return out
 
 
+# /proc/net/tcp states
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"
+
+
+def tcp_sockets(pid: int) -> list[tuple[int, int, str]]:
+    """(local port, remote port, state) of every TCP socket process ``pid`` holds, read
+    from /proc (Linux): its socket inodes, looked up in its network namespace's tables."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    out = []
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if inode in inodes:
+                out.append(
+                    (int(local.rpartition(":")[2], 16), int(remote.rpartition(":")[2], 16), state)
+                )
+    return out
+
+
+def check_mpc_over_mtls(svcs: dict[str, Native]) -> None:
+    """What the parties' processes show that they use the mtls MPC transport.
+
+    * Each party logged secagg.mpc_link's line for an authenticated session.
+    * Its sockets: an established connection to each party it sends to, at that party's
+      MPC port, and accepted ones on its own MPC port from each party that sends to it.
+      With gloo none of these would exist (gloo pairs use ports from a rendezvous).
+    * It listens on its gRPC ports only: no rendezvous store, no gloo pair listener,
+      and the mTLS listener is closed once the session is up."""
+    names, dials = mpc_topology()
+    envs = {p: svcs[p].env for p in PARTIES}
+    mpc_port = {p: int(e["SECAGG_MPC_LISTEN"].rpartition(":")[2]) for p, e in envs.items()}
+    for p in PARTIES:
+        env = envs[p]
+        assert env["SECAGG_MPC_TRANSPORT"] == "mtls", p
+        assert not set(GLOO_ONLY) & set(env), p
+        log = svcs[p].log.read_text(errors="replace")
+        up = [
+            json.loads(line)
+            for line in log.splitlines()
+            if line.startswith("{") and "has authenticated TLS links" in line
+        ]
+        assert up and all(e["logger"] == "secagg.mpc_link" for e in up), _tail(svcs[p])
+        # dialled addresses are the peers' MPC ports, as configured
+        peers = mpc_peers(env["SECAGG_MPC_PEERS"])
+        assert {n: int(a.rpartition(":")[2]) for n, a in peers.items()} == {
+            n: mpc_port[n] for n in dials[p]
+        }, p
+    if not Path("/proc/self/fd").is_dir():
+        return  # the socket checks need Linux's /proc
+    for p in PARTIES:
+        proc = svcs[p].proc
+        assert proc is not None and proc.poll() is None, p
+        socks = tcp_sockets(proc.pid)
+        listening = {lp for lp, _, st in socks if st == TCP_LISTEN}
+        grpc_ports = {
+            int(svcs[p].env[k].rpartition(":")[2])
+            for k in ("SECAGG_LISTEN", "SECAGG_CONTROL_LISTEN")
+            if svcs[p].env.get(k)
+        }
+        assert listening <= grpc_ports, f"{p} listens on {listening - grpc_ports} too"
+        established = [(lp, rp) for lp, rp, st in socks if st == TCP_ESTABLISHED]
+        for dst in dials[p]:
+            assert any(rp == mpc_port[dst] for _, rp in established), f"{p} -> {dst}: no link"
+        senders = {q for q in PARTIES if p in dials[q]}
+        accepted = sum(lp == mpc_port[p] for lp, _ in established)
+        assert accepted == len(senders), f"{p}: {accepted} MPC links accepted, not {senders}"
+
+
 def _tail(svc: Native, n: int = 3000) -> str:
     text = svc.log.read_text(errors="replace") if svc.log and svc.log.exists() else ""
     return f"--- {svc.name} ---\n{text[-n:]}"
@@ -592,6 +720,9 @@ def test_compose_services_run_natively(spec: dict[str, Any], tmp_path: Path) -> 
             if line.startswith("{"):
                 events.append(json.loads(line).get("event"))
         assert "mpc_ready" in events
+
+        # the MPC links between A, B and the dealer were mutual TLS, not gloo
+        check_mpc_over_mtls(svcs)
         print(f"compose services healthy after {ready:.1f} s, round done at {elapsed:.1f} s")
     finally:
         run.stop()

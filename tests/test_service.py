@@ -5,6 +5,7 @@ on the same encoded inputs."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import zlib
@@ -346,6 +347,16 @@ def test_wraparound_worker_is_excluded_by_input_validation(dep, validate):
                 (IDS[0], True)
             ]
             assert IDS[0] not in st.participants
+        # both servers projected every share as it arrived (A drew the seed at open and
+        # sent it to B with PREPARE): only the secure comparison was left for the phase
+        for name in ("server-a", "server-b"):
+            events = [
+                json.loads(line)
+                for line in dep.log_text(name).splitlines()
+                if '"validation_projections"' in line
+            ]
+            mine = [(e["precomputed"], e["at_phase"]) for e in events if e["round_id"] == rid]
+            assert mine == [(n, 0)], (name, mine)
         Xenc = np.stack([encoding.encode(r, PARAMS) for r in X[1:]])
         ref = reference.aggregate_encoded(Xenc, "multi-krum", 1)
         np.testing.assert_array_equal(
