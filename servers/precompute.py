@@ -130,3 +130,23 @@ class Projector:
     def precomputed(self) -> int:
         with self._lock:
             return len(self._rows)
+
+
+class MatrixBuffer:
+    """One reusable n×d int64 buffer for a server's share matrix.
+
+    A fresh 160 MB array (n=20, d=10^6) costs about 0.1 s of page faults before a
+    single value is written, on the critical path after the last share. Rounds run
+    their 2PC one at a time (A holds the MPC lock; B follows A's phases), so the
+    previous round's matrix is dead when the next one is built and its pages can be
+    reused. The buffer grows to the largest round seen and stays allocated.
+    """
+
+    def __init__(self) -> None:
+        self._flat = np.empty(0, dtype=np.int64)
+
+    def view(self, n: int, d: int) -> np.ndarray:
+        """A C-contiguous (n, d) int64 view; its contents are garbage until written."""
+        if self._flat.size < n * d:
+            self._flat = np.empty(n * d, dtype=np.int64)
+        return self._flat[: n * d].reshape(n, d)

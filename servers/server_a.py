@@ -28,7 +28,7 @@ from secagg.store import StoredOutcome, open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
-from servers.precompute import Projector
+from servers.precompute import MatrixBuffer, Projector
 from servers.session import SessionKeeper, failed_rounds, restore_rounds, rounds_to_resume
 
 log = logging.getLogger("secagg.server_a")
@@ -67,6 +67,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         # validation projections of each share as it arrives (servers.precompute)
         self.precompute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute")
         self.projectors: dict[str, Projector] = {}
+        self.matrix = MatrixBuffer()  # the share matrix's pages, reused round after round
         self.session: mpc.MpcSession | None = None
         self.mpc_lock = asyncio.Lock()  # one 2PC computation at a time
         self.tasks: dict[str, asyncio.Task] = {}
@@ -457,7 +458,10 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         plan.validate(n)
         t0 = time.perf_counter()
         share = await asyncio.get_running_loop().run_in_executor(
-            None, _expand_seeds, [rnd.submission(w).payload for w in participants], cfg.dim
+            None,
+            _expand_seeds,
+            [rnd.submission(w).payload for w in participants],
+            self.matrix.view(len(participants), cfg.dim),
         )
         rnd.record_phase("expand_seeds", seconds=time.perf_counter() - t0)
         self.session.reset_traffic()
@@ -525,8 +529,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         await self.channel.close()
 
 
-def _expand_seeds(seeds: list[bytes], dim: int) -> np.ndarray:
-    out = np.empty((len(seeds), dim), dtype=np.int64)
+def _expand_seeds(seeds: list[bytes], out: np.ndarray) -> np.ndarray:
     for i, s in enumerate(seeds):
         sharing.share_a_into(s, out[i])
     return out

@@ -24,7 +24,7 @@ from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
-from servers.precompute import Projector
+from servers.precompute import MatrixBuffer, Projector
 from servers.session import SessionMember, restore_rounds
 
 log = logging.getLogger("secagg.server_b")
@@ -52,6 +52,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         # round's seed with PREPARE (servers.precompute)
         self.precompute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute")
         self.projectors: dict[str, Projector] = {}
+        self.matrix = MatrixBuffer()  # the share matrix's pages, reused round after round
         restore_rounds(self.book, "server B restarted during the 2PC: A runs it again")
 
     async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
@@ -197,12 +198,14 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         if cached is not None and cached[0] == key:
             return cached[1]
         if cached is not None and set(key) <= set(cached[0]):
-            # validation excluded some: keep the rows of those that remain
+            # validation excluded some: keep the rows of those that remain (a new array:
+            # the buffer holds the rows being read)
             rows = np.asarray([cached[0].index(w) for w in key], dtype=np.int64)
             mat = await asyncio.to_thread(np.take, cached[1], rows, 0)
         else:
             payloads = [rnd.submission(w).payload for w in participants]
-            mat = await asyncio.to_thread(np.stack, payloads)
+            out = self.matrix.view(len(participants), rnd.config.dim)
+            mat = await asyncio.to_thread(np.stack, payloads, 0, out)
         self._matrices = {rnd.round_id: (key, mat)}  # one round's 2PC at a time
         return mat
 
