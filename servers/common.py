@@ -110,10 +110,11 @@ def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
     p.add_argument(
         "--mpc-transport",
         choices=("gloo", "mtls"),
-        default=env("SECAGG_MPC_TRANSPORT", "gloo"),
-        help="MPC links: gloo (plaintext torch.distributed; the rendezvous flags apply) or "
-        "mtls (mutually authenticated TLS between the parties; needs --tls-dir, "
-        "--mpc-listen and --mpc-peers)",
+        default=env("SECAGG_MPC_TRANSPORT"),
+        help="MPC links: mtls (mutually authenticated TLS between the parties; needs "
+        "--tls-dir, --mpc-listen and --mpc-peers) or gloo (plaintext torch.distributed, "
+        "for one trusted host; the rendezvous flags apply). Default: mtls when --tls-dir "
+        "is given, gloo otherwise",
     )
     p.add_argument(
         "--mpc-listen",
@@ -156,10 +157,24 @@ def common_settings(args: argparse.Namespace, name: str) -> CommonSettings:
         peer_token=token,
         log_level=args.log_level,
         state_dir=getattr(args, "state_dir", None),
-        mpc_transport=getattr(args, "mpc_transport", "gloo"),
+        mpc_transport=_mpc_transport(args, tls),
         mpc_listen=getattr(args, "mpc_listen", None),
         mpc_peers=_mpc_peers(getattr(args, "mpc_peers", "") or ""),
     )
+
+
+def _mpc_transport(args: argparse.Namespace, tls: transport.TlsConfig | None) -> str:
+    # TLS on every link: with certificates, the MPC links use them unless told otherwise
+    chosen = getattr(args, "mpc_transport", None) or ("mtls" if tls is not None else "gloo")
+    where = getattr(args, "mpc_listen", None), getattr(args, "mpc_peers", "")
+    if chosen == "mtls" and not all(where):
+        raise SystemExit(
+            "the MPC links use mutual TLS (the default with --tls-dir): give --mpc-listen "
+            "HOST:PORT and --mpc-peers NAME=HOST:PORT,... (SECAGG_MPC_LISTEN / "
+            "SECAGG_MPC_PEERS), or choose plaintext links on one trusted host with "
+            "--mpc-transport gloo"
+        )
+    return chosen
 
 
 def _mpc_peers(text: str) -> dict[str, str]:

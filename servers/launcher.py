@@ -140,7 +140,9 @@ class LocalDeployment:
             args += ["--worker-tokens", str(self.workdir / "worker-tokens.json")]
         if self.persist and name in ("server-a", "server-b"):
             args += ["--state-dir", str(self.workdir / "state" / name)]
-        if self.mpc_transport != "gloo":
+        if self.mpc_transport == "gloo":
+            args += ["--mpc-transport", "gloo"]  # explicit: with TLS the default is mtls
+        else:
             if not self.tls:
                 raise ValueError(f"--mpc-transport {self.mpc_transport} needs tls=True")
             peers = ",".join(
