@@ -39,7 +39,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -727,6 +727,27 @@ class Round:
     @property
     def updated_unix_ms(self) -> int:
         return self._updated_unix_ms
+
+    def rebind_payloads(self, rows: Mapping[str, np.ndarray]) -> None:
+        """Point share payloads at other arrays holding the same values.
+
+        Server B stacks the participants' shares into one matrix for the 2PC and then
+        lets each submission use its row, so a round holds one copy of its shares, not
+        two. The caller guarantees equal values (it just copied them); shapes and dtype
+        are checked here. Seeds (server A) cannot be rebound.
+        """
+        with self._lock:
+            for w, row in rows.items():
+                sub = self._subs[w]
+                old = sub.payload
+                if (
+                    not isinstance(old, np.ndarray)
+                    or not isinstance(row, np.ndarray)
+                    or row.dtype != old.dtype
+                    or row.shape != old.shape
+                ):
+                    raise ValueError(f"cannot rebind the payload of {w!r}: not a like share")
+                self._subs[w] = replace(sub, payload=row)
 
     def submission(self, worker_id: str) -> Submission:
         with self._lock:

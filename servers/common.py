@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -42,6 +43,42 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_memory() -> bool:
+    """Make glibc give share-sized blocks back to the OS when they are freed.
+
+    A server allocates and frees many 8 MB blocks per round (each upload's buffer, its
+    SQLite blob, the payload). glibc's mmap threshold adapts upwards after the first
+    such free, so later ones come from per-thread heaps that keep freed memory, and
+    server B's peak grew to 4.0x the share matrix over its idle footprint. Fixing the
+    threshold at 6 MiB (blocks that large are mapped and unmapped; the 4 MiB MPC link
+    buffers stay on the heap and are reused) and two arenas brought it to 2.9x
+    (bench/bench_round.py). A fixed threshold also fixes the heap's trim threshold at
+    128 KiB, which returned the link buffers to the OS after every phase and faulted
+    them in again (+0.2 s on the distance phase): it is raised to 64 MiB. Linux/glibc
+    only; a no-op elsewhere. Returns whether it applied. ``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_ARENA_MAX`` in the environment win.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    ok = True
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 6 << 20)) and ok
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)) and ok
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        ok = bool(libc.mallopt(_M_ARENA_MAX, 2)) and ok
+    return ok
 
 
 def setup_logging(level: str = "INFO") -> None:

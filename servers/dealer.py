@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     settings = common.common_settings(args, "dealer")
     common.setup_logging(settings.log_level)
+    common.tune_memory()
     # a small threaded gRPC server only for the standard health service
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2), options=transport.server_options()

@@ -22,6 +22,7 @@ import concurrent.futures
 import json
 import logging
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -138,15 +139,36 @@ class MatrixBuffer:
     A fresh 160 MB array (n=20, d=10^6) costs about 0.1 s of page faults before a
     single value is written, on the critical path after the last share. Rounds run
     their 2PC one at a time (A holds the MPC lock; B follows A's phases), so the
-    previous round's matrix is dead when the next one is built and its pages can be
-    reused. The buffer grows to the largest round seen and stays allocated.
+    previous round's matrix is normally dead when the next one is built and its pages
+    can be reused. Server B's submissions point into the matrix rows (one copy of the
+    shares, not two), so its buffer has an owner: while the owning round is still
+    alive (``busy``), a new round gets a new buffer and the old one lives on with it.
     """
 
     def __init__(self) -> None:
         self._flat = np.empty(0, dtype=np.int64)
+        self._owner: str | None = None
 
-    def view(self, n: int, d: int) -> np.ndarray:
+    def release(self) -> None:
+        """Drop the buffer (its owner keeps the pages it points into until it ends)."""
+        self._flat = np.empty(0, dtype=np.int64)
+        self._owner = None
+
+    def view(
+        self,
+        n: int,
+        d: int,
+        owner: str | None = None,
+        busy: Callable[[str], bool] | None = None,
+    ) -> np.ndarray:
         """A C-contiguous (n, d) int64 view; its contents are garbage until written."""
-        if self._flat.size < n * d:
+        reuse = self._flat.size >= n * d
+        if owner is not None and self._owner is not None:
+            # the owner's submissions may point into these pages: the same round
+            # rebuilding its matrix, or another round still alive, gets new ones
+            if self._owner == owner or (busy is not None and busy(self._owner)):
+                reuse = False
+        if not reuse:
             self._flat = np.empty(n * d, dtype=np.int64)
+        self._owner = owner
         return self._flat[: n * d].reshape(n, d)

@@ -478,6 +478,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 )
                 self.projectors[rnd.round_id] = proj
             projected = await asyncio.to_thread(proj.projections, participants, share)
+            self.projectors.pop(rnd.round_id, None)  # R (k·d bytes) is not needed again
             reply, ok = await self._phase(
                 rnd,
                 pb.PHASE_VALIDATION,
@@ -538,6 +539,7 @@ def _expand_seeds(seeds: list[bytes], out: np.ndarray) -> np.ndarray:
 async def serve(args: argparse.Namespace) -> None:
     settings = common.common_settings(args, "server-a")
     common.setup_logging(settings.log_level)
+    common.tune_memory()
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
     server, hs = common.make_server(settings)

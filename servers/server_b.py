@@ -48,6 +48,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         # round -> (participants, their shares stacked): built once per round, off the
         # event loop, instead of an n·d copy in every phase
         self._matrices: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+        self._building: dict[str, tuple[tuple[str, ...], asyncio.Future[np.ndarray]]] = {}
         # validation projections of each share as it arrives, once A has sent the
         # round's seed with PREPARE (servers.precompute)
         self.precompute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute")
@@ -170,12 +171,20 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 chosen = rnd.fix_participants(
                     {e.worker_id: e.submission_id for e in request.entries}
                 )
+            if chosen and not rnd.state.terminal:
+                # start stacking the shares now: the first 2PC phase will want them
+                self._prefetch(rnd, chosen)
             return pb.ParticipantsReply(
                 round_id=rnd.round_id, participants=chosen, mismatched=list(rnd.mismatched)
             )
         except (RoundError, ValueError) as exc:
             await common.abort_for(context, exc)
             raise
+
+    def _prefetch(self, rnd: Round, participants: list[str]) -> None:
+        task = asyncio.ensure_future(self._share_matrix(rnd, participants))
+        # a failure here is seen again (and reported) by the phase that needs the matrix
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _start_projector(self, rnd: Round, seed: bytes) -> Projector:
         """The round's projector for A's seed (a new seed from A replaces an old one)."""
@@ -192,27 +201,49 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         return proj
 
     async def _share_matrix(self, rnd: Round, participants: list[str]) -> np.ndarray:
-        """B's shares of ``participants`` as one n×d matrix (rows in that order)."""
+        """B's shares of ``participants`` as one n×d matrix (rows in that order).
+
+        Built once per round, off the event loop, starting as soon as the participants
+        are fixed; the round's submissions then point at their rows, so B holds one
+        copy of the shares, not two.
+        """
         key = tuple(participants)
+        building = self._building.get(rnd.round_id)
+        if building is not None and building[0] == key:
+            return await asyncio.shield(building[1])
+        task = asyncio.ensure_future(self._build_matrix(rnd, key))
+        self._building = {rnd.round_id: (key, task)}  # one round's 2PC at a time
+        return await asyncio.shield(task)
+
+    async def _build_matrix(self, rnd: Round, key: tuple[str, ...]) -> np.ndarray:
         cached = self._matrices.get(rnd.round_id)
         if cached is not None and cached[0] == key:
             return cached[1]
         if cached is not None and set(key) <= set(cached[0]):
-            # validation excluded some: keep the rows of those that remain (a new array:
-            # the buffer holds the rows being read)
-            rows = np.asarray([cached[0].index(w) for w in key], dtype=np.int64)
-            mat = await asyncio.to_thread(np.take, cached[1], rows, 0)
+            mat = await asyncio.to_thread(_compact, rnd, cached[0], cached[1], key)
         else:
-            payloads = [rnd.submission(w).payload for w in participants]
-            out = self.matrix.view(len(participants), rnd.config.dim)
-            mat = await asyncio.to_thread(np.stack, payloads, 0, out)
-        self._matrices = {rnd.round_id: (key, mat)}  # one round's 2PC at a time
+            out = self.matrix.view(len(key), rnd.config.dim, rnd.round_id, self._round_alive)
+            mat = await asyncio.to_thread(_stack_into, rnd, key, out)
+        self._matrices = {rnd.round_id: (key, mat)}
         return mat
+
+    def _end_of_2pc(self, round_id: str) -> None:
+        # Between rounds B keeps no n×d buffer: the next round's shares arrive as their
+        # own arrays, and a buffer kept from the last round doubled B's peak memory.
+        self._matrices.pop(round_id, None)
+        self._building.pop(round_id, None)
+        self.projectors.pop(round_id, None)
+        self.matrix.release()
+
+    def _round_alive(self, round_id: str) -> bool:
+        try:
+            return not self.book.get(round_id).state.terminal
+        except RoundError:
+            return False
 
     async def FailRound(self, request: pb.FailRequest, context) -> pb.RoundStatus:  # noqa: N802
         await self._peer(context)
-        self._matrices.pop(request.round_id, None)
-        self.projectors.pop(request.round_id, None)
+        self._end_of_2pc(request.round_id)
         try:
             rnd = self.book.get(request.round_id)
             if not rnd.state.terminal:
@@ -263,6 +294,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 vp = cfg.validation_params()
                 proj = self._start_projector(rnd, bytes(request.projection_seed))
                 projected = await asyncio.to_thread(proj.projections, participants, share)
+                self.projectors.pop(rnd.round_id, None)  # R (k·d bytes) is not needed again
                 ok = await self._mpc(self.session.validate_projections, projected, threshold)
                 rejected = [w for w, good in zip(participants, ok, strict=True) if not good]
                 if rejected:
@@ -303,8 +335,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
                 rnd.record_mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
-                self._matrices.pop(rnd.round_id, None)
-                self.projectors.pop(rnd.round_id, None)
+                self._end_of_2pc(rnd.round_id)
             else:
                 raise transport.ProtocolError(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown phase {request.phase}"
@@ -336,9 +367,42 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             await self._mpc(self.session.close)
 
 
+def _stack_into(rnd: Round, workers: tuple[str, ...], out: np.ndarray) -> np.ndarray:
+    """Copy each worker's share into its row, then let the submission use that row:
+    the separate arrays are released one by one (peak: the matrix plus one row)."""
+    for j, w in enumerate(workers):
+        out[j] = rnd.submission(w).payload
+        rnd.rebind_payloads({w: out[j]})
+    return out
+
+
+def _compact(
+    rnd: Round, old: tuple[str, ...], mat: np.ndarray, keep: tuple[str, ...]
+) -> np.ndarray:
+    """Drop excluded rows in place (validation rejected some workers).
+
+    Rows only move up; until the final rebind a kept worker's payload may show a row
+    that moved, which nothing reads meanwhile (B's 2PC phases run one at a time).
+    """
+    where = [old.index(w) for w in keep]
+    if where != sorted(where):  # not a subsequence: rebuild instead (never the case today)
+        out = np.stack([rnd.submission(w).payload for w in keep])
+        rnd.rebind_payloads({w: out[j] for j, w in enumerate(keep)})
+        return out
+    # the rows about to be overwritten keep their values in their own arrays
+    rnd.rebind_payloads({w: mat[old.index(w)].copy() for w in old if w not in set(keep)})
+    for j, i in enumerate(where):
+        if i != j:
+            mat[j] = mat[i]
+    out = mat[: len(keep)]
+    rnd.rebind_payloads({w: out[j] for j, w in enumerate(keep)})
+    return out
+
+
 async def serve(args: argparse.Namespace) -> None:
     settings = common.common_settings(args, "server-b")
     common.setup_logging(settings.log_level)
+    common.tune_memory()
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     server, hs = common.make_server(settings)
     svc = ServerB(settings, tokens)

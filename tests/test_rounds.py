@@ -229,6 +229,20 @@ def test_share_payloads_and_digests(book: RoundBook) -> None:
         rnd.submit("w2", "", seed())
 
 
+def test_rebinding_a_payload_keeps_its_receipt_and_checks_the_shape(book: RoundBook) -> None:
+    rnd = book.open(cfg())
+    share = np.array([5, 6, 7, 8], dtype=np.int64)
+    receipt = rnd.submit("w1", "s", share)
+    matrix = np.stack([share, share + 1])
+    rnd.rebind_payloads({"w1": matrix[0]})
+    sub = rnd.submission("w1")
+    assert sub.payload is matrix[0] or np.shares_memory(sub.payload, matrix)
+    assert sub.receipt == receipt and rnd.submit("w1", "s", share.copy()) is receipt
+    for bad in (matrix[0, :3], matrix[0].astype(np.float64)):
+        with pytest.raises(ValueError, match="not a like share"):
+            rnd.rebind_payloads({"w1": bad})
+
+
 def test_first_write_wins(book: RoundBook) -> None:
     rnd = book.open(cfg())
     first = rnd.submit("w1", "sub-1", seed())

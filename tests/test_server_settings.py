@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pytest
 
@@ -35,3 +36,10 @@ def test_plaintext_links_only_when_asked_or_without_tls(monkeypatch, tmp_path) -
     assert _settings(monkeypatch).mpc_transport == "gloo"
     s = _settings(monkeypatch, "--tls-dir", str(tmp_path), "--mpc-transport", "gloo")
     assert s.mpc_transport == "gloo"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_servers_fix_glibcs_mmap_threshold(monkeypatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert common.tune_memory() is True
