@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -506,6 +506,9 @@ class _Accepted:
     links: dict[int, socket.socket]
     rejected: list[str]
     error: BaseException | None = None
+    # claimed rank -> why refused: a deployment certificate presented under another
+    # party's name (what _dial reports if that party itself cannot be reached)
+    impostors: dict[int, str] = field(default_factory=dict)
 
 
 class TlsLinks:
@@ -558,7 +561,9 @@ class TlsLinks:
         try:
             for dst in SENDS_TO[rank]:
                 try:
-                    out[dst] = _dial(layer, rank, dst, ep.peers[PARTY_NAMES[dst]], deadline)
+                    out[dst] = _dial(
+                        layer, rank, dst, ep.peers[PARTY_NAMES[dst]], deadline, accepted.impostors
+                    )
                 except MpcError as exc:
                     if not accepted.rejected:
                         raise
@@ -636,9 +641,17 @@ def _hello_reply(sock: socket.socket, ok: bool, reason: str = "") -> None:
 
 
 def _accept_one(
-    listener: socket.socket, layer: Any, rank: int, expected: Sequence[int], deadline: float
+    listener: socket.socket,
+    layer: Any,
+    rank: int,
+    expected: Sequence[int],
+    deadline: float,
+    impostors: dict[int, str] | None = None,
 ) -> tuple[int | None, socket.socket | None, str | None]:
-    """One connection attempt: (peer rank, socket, None) or (None, None, why refused)."""
+    """One connection attempt: (peer rank, socket, None) or (None, None, why refused).
+
+    A certificate that names another party than the one claimed is also recorded in
+    ``impostors`` under the claimed rank."""
     raw, addr = listener.accept()
     where = f"{addr[0]}:{addr[1]}"
     raw.settimeout(max(0.1, min(HANDSHAKE_TIMEOUT_S, deadline - time.monotonic())))
@@ -669,6 +682,8 @@ def _accept_one(
             f"certificate identity {cn!r} from {where} does not match the claimed party "
             f"{claimed!r}"
         )
+        if impostors is not None and 0 <= sender < len(PARTY_NAMES):
+            impostors[sender] = why
     if why is not None:
         with contextlib.suppress(OSError):
             _hello_reply(sock, False, why)
@@ -694,7 +709,9 @@ def _accept_loop(
                 return
             listener.settimeout(min(0.2, left))
             try:
-                peer, sock, why = _accept_one(listener, layer, rank, expected, deadline)
+                peer, sock, why = _accept_one(
+                    listener, layer, rank, expected, deadline, acc.impostors
+                )
             except TimeoutError:
                 continue
             if why is not None:
@@ -715,12 +732,31 @@ def _accept_loop(
             acc.error = exc
 
 
-def _dial(layer: Any, rank: int, dst: int, addr: str, deadline: float) -> socket.socket:
-    """Connect to ``dst`` (retrying until it listens), check its identity, say hello."""
+def _dial(
+    layer: Any,
+    rank: int,
+    dst: int,
+    addr: str,
+    deadline: float,
+    impostors: dict[int, str] | None = None,
+) -> socket.socket:
+    """Connect to ``dst`` (retrying until it listens), check its identity, say hello.
+
+    While ``dst`` cannot be reached, a refused inbound link that claimed to be ``dst``
+    under another certificate (``impostors``, filled by the acceptor) ends the wait at
+    once: the party that should be ``dst`` holds the wrong certificate, and waiting
+    out the timeout would only hide why.
+    """
     me, them = party(rank), party(dst)
     host, port = parse_addr(addr)
     last: BaseException | None = None
     while True:
+        if last is not None and impostors and dst in impostors:
+            raise MpcError(
+                f"{me}: {them} at {addr} is not reachable ({last}), and the party that "
+                f"dialled in as {PARTY_NAMES[dst]!r} was refused: {impostors[dst]}; "
+                f"give {them} its own certificate"
+            )
         left = deadline - time.monotonic()
         if left <= 0:
             raise MpcError(

@@ -301,9 +301,16 @@ def test_dealer_certificate_presented_as_server_b_cannot_join(pki):
         )
     elapsed = time.monotonic() - t0
     text = str(err.value)
-    # server A (honest) names what was wrong with the party claiming to be server B
-    expect = "presented certificate identity 'dealer', expected 'server-b'; refusing the link"
-    assert "[server-a]" in text and "MpcError" in text and expect in text, text
+    # server A (honest) names what was wrong with the party claiming to be server B,
+    # whichever handshake finished first: A's dial to it (it presents 'dealer'), or its
+    # dial to A (refused; A then finds it gone and says why instead of timing out)
+    line_a = next((ln for ln in text.splitlines() if ln.startswith("[server-a]")), "")
+    outbound = "presented certificate identity 'dealer', expected 'server-b'; refusing the link"
+    inbound = "identity 'dealer' from"
+    assert "MpcError" in line_a, text
+    assert outbound in line_a or (
+        inbound in line_a and "does not match the claimed party 'server-b'" in line_a
+    ), text
     assert elapsed < timeout, f"took {elapsed:.0f} s: a timeout, not a refusal"
 
 
@@ -566,3 +573,20 @@ def test_objects_are_never_pickled():
     ):
         with pytest.raises(MpcError, match="pickle"):
             call()
+
+
+def test_an_unreachable_peer_whose_name_an_impostor_used_fails_at_once(pki):
+    """The other order of the race above: the impostor reached us first and was refused,
+    then vanished. Dialling it must end with that reason, not wait for the timeout."""
+    from secagg import mpc_link
+
+    layer = mpc_link.TlsLayer(TlsConfig.from_pki(pki, "server-a"))
+    addr = f"127.0.0.1:{free_port()}"  # nobody listens there
+    why = "certificate identity 'dealer' from 127.0.0.1:1 does not match the claimed party"
+    t0 = time.monotonic()
+    with pytest.raises(MpcError, match="not reachable .* was refused: certificate identity"):
+        mpc_link._dial(layer, 0, 1, addr, time.monotonic() + 60, {1: why})
+    assert time.monotonic() - t0 < 5
+    # without an impostor on record it keeps trying until the deadline, then says so
+    with pytest.raises(MpcError, match="could not reach"):
+        mpc_link._dial(layer, 0, 1, addr, time.monotonic() + 0.5, {})
