@@ -93,19 +93,29 @@ class Projector:
         with self._lock:
             self._pending = [f for f in self._pending if not f.done()] + [fut]
 
-    def projections(self, participants: list[str], share: np.ndarray) -> np.ndarray:
-        """This server's n×k projection shares, rows in ``participants`` order.
-
-        Waits for the background work; rows it does not have are projected now from
-        ``share`` (the round's n×d share matrix, same row order).
-        """
+    def _wait(self) -> None:
         with self._lock:
             pending = list(self._pending)
         for fut in pending:
             try:
                 fut.result()
-            except Exception:  # computed again below, from the share matrix
+            except Exception:  # computed again from the share matrix
                 log.exception("precompute: a background projection failed")
+
+    def has_all(self, participants: list[str]) -> bool:
+        """Whether every participant's row is ready (after the background work)."""
+        self._wait()
+        with self._lock:
+            return all(w in self._rows for w in participants)
+
+    def projections(self, participants: list[str], share: np.ndarray | None) -> np.ndarray:
+        """This server's n×k projection shares, rows in ``participants`` order.
+
+        Waits for the background work; rows it does not have are projected now from
+        ``share`` (the round's n×d share matrix, same row order; ``None`` only when
+        :meth:`has_all` said every row is ready).
+        """
+        self._wait()
         out = np.empty((len(participants), self.k), dtype=np.int64)
         missing = []
         with self._lock:
@@ -116,6 +126,8 @@ class Projector:
                 else:
                     out[i] = row
         if missing:
+            if share is None:
+                raise ValueError(f"{len(missing)} rows are not projected yet: pass the shares")
             rows = torch.from_numpy(np.ascontiguousarray(share[missing]))
             out[missing] = matmul_nt(rows, self._matrix()).numpy()
         event = {

@@ -278,7 +278,12 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             n = len(participants)
             plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
             plan.validate(n)
-            share = await self._share_matrix(rnd, participants)
+            # the validation comparison needs only the projections (computed as shares
+            # arrived): it does not wait for the share matrix, which is still being
+            # stacked since FixParticipants
+            share: np.ndarray | None = None
+            if request.phase != pb.PHASE_VALIDATION:
+                share = await self._share_matrix(rnd, participants)
             selected = [int(i) for i in request.selected]
             t0 = time.perf_counter()
             rejected: list[str] = []
@@ -293,7 +298,11 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 self.session.reset_traffic()
                 vp = cfg.validation_params()
                 proj = self._start_projector(rnd, bytes(request.projection_seed))
-                projected = await asyncio.to_thread(proj.projections, participants, share)
+                if await asyncio.to_thread(proj.has_all, participants):
+                    projected = proj.projections(participants, None)
+                else:
+                    share = await self._share_matrix(rnd, participants)
+                    projected = await asyncio.to_thread(proj.projections, participants, share)
                 self.projectors.pop(rnd.round_id, None)  # R (k·d bytes) is not needed again
                 ok = await self._mpc(self.session.validate_projections, projected, threshold)
                 rejected = [w for w, good in zip(participants, ok, strict=True) if not good]

@@ -84,3 +84,16 @@ def test_matrix_buffer_is_reused_only_when_nobody_points_into_it() -> None:
     assert not np.shares_memory(m1, m2)
     alive.clear()
     assert np.shares_memory(buf.view(2, 5, "r3", alive.__contains__), m2)  # r2 over: reuse
+
+
+def test_has_all_tells_whether_the_matrix_is_needed(pool) -> None:
+    seed = fresh_key()
+    X = _matrix(2, 4)
+    proj = Projector("r", seed, K, D, pool)
+    proj.add_share("w0", X[0])
+    assert proj.has_all(["w0"]) and not proj.has_all(["w0", "w1"])
+    np.testing.assert_array_equal(
+        proj.projections(["w0"], None), projections_plain(X[:1], seed, K)
+    )
+    with pytest.raises(ValueError, match="not projected yet"):
+        proj.projections(["w0", "w1"], None)
