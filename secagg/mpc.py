@@ -183,6 +183,7 @@ class Traffic:
 
 
 GRAM_BLOCK_ELEMENTS = 1 << 19  # ring elements per column block of R (4 MiB)
+_BULYAN_BLOCK_VALUES = 1 << 19  # θ × columns per block of Bulyan's coordinate stage
 _WINDOW_ELEMENTS = 1 << 21  # masked blocks in flight during the Gram opening (16 MiB)
 
 
@@ -956,7 +957,9 @@ class MpcSession:
             s = self._open(s)
         return s.numpy()
 
-    def bulyan_window_sum(self, share: np.ndarray, selected: Sequence[int], f: int) -> np.ndarray:
+    def bulyan_window_sum(
+        self, share: np.ndarray, selected: Sequence[int], f: int, *, block: int | None = None
+    ) -> np.ndarray:
         """Bulyan's coordinate-wise stage in 2PC; reveals only the β-window sum.
 
         For the θ selected rows, per coordinate: an odd-even merge sorting network
@@ -973,36 +976,53 @@ class MpcSession:
             raise ValueError(f"bulyan needs θ - 2f >= 1, got θ={theta}, f={f}")
         x = self._as_tensor(share)
         idx = torch.tensor(list(selected), dtype=torch.long)
+        d = x.shape[1]
+        # Coordinates are independent: the circuit runs on column blocks of about
+        # 2^19 / θ coordinates, so CrypTen's comparison temporaries (some 250 bytes per
+        # value) stay near 130 MB instead of growing with d (2.5 GB at θ=8, d=10^6).
+        # (``block`` overrides the columns per block: tests, tuning)
+        width = block if block is not None else max(1024, _BULYAN_BLOCK_VALUES // theta)
+        if width < 1:
+            raise ValueError(f"block must be a positive number of columns, got {width}")
         with self._phase("bulyan_coordinate"):
-            # Linear steps work on this party's raw share (exact int64 arithmetic);
-            # only comparisons and bit×value products go through CrypTen.
-            rows = x.index_select(0, idx).clone()
-            for layer in _sorting_network(theta):
-                lo = torch.tensor([p[0] for p in layer], dtype=torch.long)
-                hi = torch.tensor([p[1] for p in layer], dtype=torch.long)
-                diff = _shared(rows[lo] - rows[hi])
-                delta = _share_of(diff * diff.gt(0))  # move max(a-b, 0) from lo to hi
-                rows[lo] -= delta
-                rows[hi] += delta
-            mid = (theta - 1) // 2
-            med = rows[mid]
-            best_cost = best_sum = None
-            for s in range(max(0, mid - beta + 1), min(mid, theta - beta) + 1):
-                below, above = mid - s, s + beta - 1 - mid
-                wsum = rows[s : s + beta].sum(dim=0)
-                # Σ_{j<mid}(med - x_j) + Σ_{j>mid}(x_j - med) over the window, which
-                # is linear because the rows are sorted
-                cost = wsum - 2 * rows[s:mid].sum(dim=0) - (1 + above - below) * med
-                if best_cost is None:
-                    best_cost, best_sum = _shared(cost), _shared(wsum)
-                    continue
-                c_cost, c_sum = _shared(cost), _shared(wsum)
-                better = c_cost.lt(best_cost)  # strict: ties keep the lower window
-                best_cost = best_cost + (c_cost - best_cost) * better
-                best_sum = best_sum + (c_sum - best_sum) * better
-            assert best_sum is not None
-            out = best_sum._tensor.reveal()
-        return out.numpy()
+            parts = [
+                self._bulyan_block(x[:, c0 : c0 + width].index_select(0, idx), f)
+                for c0 in range(0, d, width)
+            ]
+        return torch.cat(parts).numpy()
+
+    @staticmethod
+    def _bulyan_block(rows: torch.Tensor, f: int) -> torch.Tensor:
+        """:meth:`bulyan_window_sum` on θ rows of a column block (a copy, sorted in place)."""
+        theta = rows.shape[0]
+        beta = theta - 2 * f
+        # Linear steps work on this party's raw share (exact int64 arithmetic);
+        # only comparisons and bit×value products go through CrypTen.
+        for layer in _sorting_network(theta):
+            lo = torch.tensor([p[0] for p in layer], dtype=torch.long)
+            hi = torch.tensor([p[1] for p in layer], dtype=torch.long)
+            diff = _shared(rows[lo] - rows[hi])
+            delta = _share_of(diff * diff.gt(0))  # move max(a-b, 0) from lo to hi
+            rows[lo] -= delta
+            rows[hi] += delta
+        mid = (theta - 1) // 2
+        med = rows[mid]
+        best_cost = best_sum = None
+        for s in range(max(0, mid - beta + 1), min(mid, theta - beta) + 1):
+            below, above = mid - s, s + beta - 1 - mid
+            wsum = rows[s : s + beta].sum(dim=0)
+            # Σ_{j<mid}(med - x_j) + Σ_{j>mid}(x_j - med) over the window, which
+            # is linear because the rows are sorted
+            cost = wsum - 2 * rows[s:mid].sum(dim=0) - (1 + above - below) * med
+            if best_cost is None:
+                best_cost, best_sum = _shared(cost), _shared(wsum)
+                continue
+            c_cost, c_sum = _shared(cost), _shared(wsum)
+            better = c_cost.lt(best_cost)  # strict: ties keep the lower window
+            best_cost = best_cost + (c_cost - best_cost) * better
+            best_sum = best_sum + (c_sum - best_sum) * better
+        assert best_sum is not None
+        return best_sum._tensor.reveal()
 
     def ping_dealer(self) -> None:
         """Server A: one round trip to the dealer, between rounds; raises if it is gone.

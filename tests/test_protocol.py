@@ -165,3 +165,40 @@ def test_prepared_gram_pair_serves_fewer_rows_exactly(cluster):
     D, none = cluster.run(_prepared_then_distances, (9, share_a), (9, share_b))
     assert none is None
     np.testing.assert_array_equal(D, reference.sq_distances_int(Xenc))
+
+
+def _distances_cold(session, share):  # runs inside each party
+    return session.sq_distances(share)
+
+
+def test_distances_span_several_pipelined_column_blocks(cluster):
+    # gram_width(3) = 174762 columns: d = 400,001 is three blocks (the last partial),
+    # with blocks in flight while earlier ones are multiplied; prepared for 5 rows the
+    # width is 104857 (four blocks) and only the first 3 rows of R are used
+    rng = np.random.default_rng(12)
+    Xenc = rng.integers(-(2**20), 2**20, size=(3, 400_001))
+    share_a, share_b = share_rows(Xenc)
+    want = reference.sq_distances_int(Xenc)
+    D, _ = cluster.run(_distances_cold, (share_a,), (share_b,))
+    np.testing.assert_array_equal(D, want)
+    D, _ = cluster.run(_prepared_then_distances, (5, share_a), (5, share_b))
+    np.testing.assert_array_equal(D, want)
+
+
+def _bulyan_blocks(session, share, selected, f, block):  # runs inside each party
+    return session.bulyan_window_sum(share, selected, f, block=block)
+
+
+def test_bulyan_stage_in_column_blocks_equals_the_plaintext_window_sum(cluster):
+    from secagg import rules
+
+    rng = np.random.default_rng(13)
+    Xenc = rng.integers(-(2**20), 2**20, size=(9, 10))
+    share_a, share_b = share_rows(Xenc)
+    selected, f = [0, 2, 3, 4, 5, 7, 8], 2
+    want = rules.bulyan_window_sum(Xenc[selected], f)
+    for block in (3, 10, 64):  # 4 blocks (last of 1 column), exactly one, more than d
+        got, _ = cluster.run(
+            _bulyan_blocks, (share_a, selected, f, block), (share_b, selected, f, block)
+        )
+        np.testing.assert_array_equal(got, want)
