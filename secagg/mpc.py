@@ -678,7 +678,24 @@ class MpcSession:
         self.transcript: list[tuple[str, np.ndarray]] | None = None
         self._prepared: GramPlan | None = None
         self.closed = False
+        try:
+            self._warm_up()
+        except BaseException:
+            _teardown()
+            raise
         log.info("mpc: rank %d joined the session", rank)
+
+    @staticmethod
+    def _warm_up() -> None:
+        """One tiny secure comparison, collectively, as the session starts.
+
+        CrypTen's first comparison in a process costs about 0.65 s of one-off setup
+        (0.70 s against 0.05 s for the next, measured on this project's machine); paid
+        here, it no longer lands in the first round after its last share. It draws
+        from the mask streams like any comparison, in lockstep on every party.
+        """
+        x = MPCTensor.from_shares(torch.zeros(2, dtype=torch.long), precision=0)
+        x.lt(0)._tensor.reveal()
 
     # ------------------------------------------------------------ accounting
     @contextlib.contextmanager
