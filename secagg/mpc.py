@@ -567,8 +567,9 @@ def configure_threads() -> int:
     A, B and the dealer on one host (tests, benchmarks, the quick start) two-thread
     pools in each process took the distance phase from 0.43 s to 0.84 s on two cores.
     The large products run in :mod:`secagg.ringmath`'s single-threaded kernel anyway.
-    On a dedicated multi-core server, more threads speed up Bulyan's elementwise
-    circuits: set ``SECAGG_MPC_THREADS`` to the cores the process may use.
+    On a dedicated multi-core server, more threads may speed up Bulyan's elementwise
+    circuits (not measured: this project's machines have 2 cores); set
+    ``SECAGG_MPC_THREADS`` to the cores the process may use.
     """
     raw = os.environ.get("SECAGG_MPC_THREADS", "1")
     try:
