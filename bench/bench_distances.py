@@ -30,6 +30,7 @@ import argparse
 import gc
 import importlib
 import json
+import math
 import os
 import platform
 import resource
@@ -202,7 +203,6 @@ def party_gram_pair(session: Any, repeats: int) -> dict[str, Any]:
         session.prepare_distances(n, d)
         times.append(time.perf_counter() - t0)
         _merge_mem(mems, "gram_pair", mem.done())
-    session._prepared = None  # not used: the next call starts its own pair
     return {
         "times": times,
         "dealer_bytes": (client.dealer_bytes - dealer0) // max(repeats, 1),
@@ -757,15 +757,19 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(o: Any) -> Any:
+def jsonable(o: Any, *, arrays: bool = True) -> Any:
+    """A results tree as plain JSON: numpy scalars as numbers, arrays as lists (or
+    dropped with ``arrays=False``), non-finite floats as null."""
     if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
+        return {str(k): jsonable(v, arrays=arrays) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
+        return [jsonable(v, arrays=arrays) for v in o]
     if isinstance(o, np.generic):
-        return o.item()
+        o = o.item()
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return o.tolist() if arrays else None
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
     return o
 
 
@@ -809,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(res))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(_jsonable(res), fh, indent=2)
+            json.dump(jsonable(res), fh, indent=2)
         _progress(f"wrote {args.json}")
     _progress(f"done in {res['config']['total_s']:.1f} s")
     return 0 if res["correctness"]["passed"] else 1

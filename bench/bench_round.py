@@ -8,9 +8,9 @@ Run from the repository root::
 One :class:`servers.launcher.LocalDeployment` as in production: server A, server B and
 the dealer as separate processes on loopback, TLS on the worker and control ports,
 the parties' MPC links over mutual TLS (``--mpc-transport gloo`` for plaintext gloo),
-durable state directories. Per round, the workers' vectors are encoded and split before
-the clock starts (workers do that on their own machines); then they submit one after
-another, each waiting for both receipts, as the last stragglers of a real round do.
+durable state directories. Per round, the workers submit one after another through the
+SDK (each encodes, splits and waits for both receipts, as the last stragglers of a real
+round do); the clock starts at the last receipt.
 Measured per round:
 
 * ``after_last_share_s``: from the last worker's second receipt to the round reported
@@ -47,10 +47,8 @@ import numpy as np
 
 from clients.admin import AdminClient
 from clients.sdk import SecAggClient
-from secagg import encoding, reference, sharing, transport
+from secagg import encoding, reference
 from secagg.rounds import RoundConfig, RoundState
-from secagg.v1 import secagg_pb2 as pb
-from secagg.v1 import secagg_pb2_grpc as pbg
 from servers.launcher import LocalDeployment
 
 
@@ -90,8 +88,7 @@ def _one_round(
     rng = np.random.default_rng(seed)
     X = (rng.normal(size=d) + rng.normal(size=(n, d))) * (args.norm_bound / (8 * np.sqrt(d)))
     X[: args.f] *= -3  # a few far-off rows, for the rule to reject
-    Xenc = np.stack([encoding.encode(row, params) for row in X])
-    splits = [sharing.split(row) for row in Xenc]
+    Xenc = np.stack([encoding.encode(row, params) for row in X])  # what the SDK sends
     ref = reference.aggregate_encoded(Xenc, args.rule, args.f, args.m)  # the exact oracle
     floor_s = _plaintext_floor(X, args.rule, args.f, args.m)
 
@@ -111,26 +108,11 @@ def _one_round(
     with AdminClient(dep.control_a, dep.tls_for("admin")) as adm:
         adm.open_round(cfg)
         time.sleep(args.settle)  # let A finish PHASE_PREPARE, as during a real collection
-        with (
-            transport.make_channel(dep.addr_a, dep.worker_tls()) as ch_a,
-            transport.make_channel(dep.addr_b, dep.worker_tls()) as ch_b,
-        ):
-            a, b = pbg.WorkerStub(ch_a), pbg.WorkerStub(ch_b)
-            for wid, parts in zip(ids, splits, strict=True):
-                md = transport.worker_metadata(wid, dep.tokens[wid])
-                sid = uuid.uuid4().hex
-                a.SubmitSeed(
-                    pb.SeedSubmission(
-                        round_id=rid, worker_id=wid, seed=parts.seed, dim=d, submission_id=sid
-                    ),
-                    metadata=md,
-                    timeout=300,
-                )
-                b.SubmitShare(
-                    transport.share_chunk_messages(rid, wid, sid, parts.share_b),
-                    metadata=md,
-                    timeout=300,
-                )
+        for wid, row in zip(ids, X, strict=True):  # through the SDK, receipts checked
+            with SecAggClient(
+                dep.addr_a, dep.addr_b, wid, dep.tokens[wid], tls=dep.worker_tls()
+            ) as c:
+                c.submit(rid, row, params)
         t_last = time.perf_counter()
         while True:
             rep = adm.get_round_report(rid)

@@ -1259,20 +1259,6 @@ def format_report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return None  # arrays (sums, distances) are checked, not stored
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
-
-
 def _ints(text: str) -> list[int]:
     return [int(float(v)) for v in text.split(",") if v.strip()]
 
@@ -1341,7 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(res), flush=True)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(res), indent=2))
+    # arrays (sums, distances) are checked in the run, not stored
+    path.write_text(json.dumps(bd.jsonable(res, arrays=False), indent=2))
     _progress(f"wrote {path}; {res['total_seconds']:.1f} s")
     return 0 if res["checks"]["passed"] else 1
 

@@ -192,17 +192,15 @@ def gram_width(n: int) -> int:
     return max(256, GRAM_BLOCK_ELEMENTS // max(n, 1))
 
 
-def gram_blocks(stream: AesCtrStream, n: int, d: int) -> Iterator[tuple[torch.Tensor, int]]:
-    """``R``'s column blocks as (n×w block, first column), expanded from ``stream``.
+def gram_columns(n: int, d: int) -> Iterator[tuple[int, int]]:
+    """(first column, width) of each column block of a Gram pair's ``R`` for ``n`` rows.
 
-    Layout: blocks of :func:`gram_width` columns left to right, each drawn row-major.
-    Every yielded block reuses one buffer: callers consume it before the next.
+    Layout (normative for both ends): blocks of :func:`gram_width` columns left to
+    right, each drawn row-major from the sub-key's stream.
     """
     width = gram_width(n)
-    buf = np.empty(n * width, dtype=np.int64)
     for c0 in range(0, d, width):
-        w = min(width, d - c0)
-        yield torch.from_numpy(stream.fill(buf[: n * w].reshape(n, w))), c0
+        yield c0, min(width, d - c0)
 
 
 @dataclass
@@ -345,7 +343,7 @@ class CsprngTTP(TrustedThirdParty):
 
         ``R`` is not materialised: both ends draw a fresh 256-bit sub-key from their
         shared stream, and ``R_i`` is expanded from it column block by column block
-        (:func:`gram_blocks`) in the online phase, so a prepared pair costs O(n²)
+        (:func:`gram_columns`) in the online phase, so a prepared pair costs O(n²)
         memory, not O(n·d). Party 0 asks the dealer, which starts computing ``R R^T``
         at once; :meth:`gram_finish` collects its share. ``Z``'s shares are both exactly
         symmetric (party 1's is ``U + U^T``), so every matrix derived from them is
@@ -463,11 +461,11 @@ class _Dealer:
                 raise MpcError(f"bad dealer request: gram {n}x{d}")
             subs = [AesCtrStream(st.read_bytes(KEY_BYTES)) for st in self.streams]
             z = torch.zeros((n, n), dtype=torch.long)
-            spare = np.empty(n * gram_width(n), dtype=np.int64)
-            for r, _c0 in gram_blocks(subs[0], n, d):
-                for st in subs[1:]:
-                    w = r.shape[1]
-                    r += torch.from_numpy(st.fill(spare[: n * w].reshape(n, w)))
+            bufs = [np.empty(n * gram_width(n), dtype=np.int64) for _ in subs]
+            for _c0, w in gram_columns(n, d):
+                r = torch.from_numpy(subs[0].fill(bufs[0][: n * w].reshape(n, w)))
+                for st, buf in zip(subs[1:], bufs[1:], strict=True):
+                    r += torch.from_numpy(st.fill(buf[: n * w].reshape(n, w)))
                 matmul_nt(r, r, out=z)  # blockwise: the dealer never holds all of R
             u = _ring(self.streams[1], (n, n))
             return z - (u + u.t())
@@ -831,27 +829,29 @@ class MpcSession:
         window = max(2, _WINDOW_ELEMENTS // (n * width))
         p = torch.zeros((n, n), dtype=torch.long)
         mine = [torch.empty(n * width, dtype=torch.long) for _ in range(window)]
-        masks = [torch.empty(n * width, dtype=torch.long) for _ in range(window)]
+        # all plan.n rows of each block are drawn (the stream's layout); the first n used
+        masks = [torch.empty(plan.n * width, dtype=torch.long) for _ in range(window)]
         theirs = torch.empty(n * width, dtype=torch.long)
         recording = self.transcript is not None
         seen_r: list[torch.Tensor] = []
         seen_e: list[torch.Tensor] = []
-        blocks = gram_blocks(AesCtrStream(plan.key), plan.n, d)
+        stream = AesCtrStream(plan.key)
+        columns = gram_columns(plan.n, d)
         inflight: collections.deque[tuple[torch.Tensor, torch.Tensor, Work]] = collections.deque()
         started = 0
 
         def start_next() -> None:
             nonlocal started
             t = time.perf_counter()
-            nxt = next(blocks, None)
+            nxt = next(columns, None)
             if nxt is None:
                 return
-            r_all, c0 = nxt
-            w = r_all.shape[1]
+            c0, w = nxt
             k = started % window  # the slot of the block that left the window
             started += 1
-            r = masks[k][: n * w].view(n, w)
-            r.copy_(r_all[:n])  # the generator reuses its buffer
+            r_all = masks[k][: plan.n * w].view(plan.n, w)
+            stream.fill(r_all.numpy())
+            r = r_all[:n]
             e = mine[k][: n * w].view(n, w)
             torch.sub(x[:, c0 : c0 + w], r, out=e)
             t = self._step("distances: mask blocks (AES R_i, X - R)", t)
@@ -924,20 +924,14 @@ class MpcSession:
         per entry, whether p is outside [-T, T]; the per-worker failure counts are
         compared with 1 and only that accept bit is opened, to both servers.
         """
-        from secagg.validation import BLOCK, projection_block  # no CrypTen there
+        from secagg.validation import projection_matrix  # no CrypTen there
 
         x = self._as_tensor(share)
         if x.dim() != 2:
             raise ValueError("expected an n×d matrix of shares")
-        n, d = x.shape
-        k = int(projections)
         with self._phase("validation"):
-            stream = AesCtrStream(seed)
-            p = torch.zeros((n, k), dtype=torch.long)
-            for c0 in range(0, d, BLOCK):
-                w = min(BLOCK, d - c0)
-                r = torch.from_numpy(projection_block(stream, k, w))
-                matmul_nt(x[:, c0 : c0 + w], r, out=p)  # exact mod 2^64
+            r = torch.from_numpy(projection_matrix(seed, int(projections), x.shape[1]))
+            p = matmul_nt(x, r)  # exact mod 2^64
             return self._accept_bits(p, int(threshold))
 
     def validate_projections(self, projected: np.ndarray, threshold: int) -> np.ndarray:

@@ -22,13 +22,13 @@ import concurrent.futures
 import json
 import logging
 import threading
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from secagg import sharing
 from secagg.ringmath import matmul_nt
+from secagg.rounds import Round
 from secagg.validation import projection_matrix
 
 log = logging.getLogger("secagg.precompute")
@@ -84,6 +84,24 @@ class Projector:
     def add_seed(self, worker: str, seed: bytes) -> None:
         """Project A's share (the worker's expanded seed) in the background."""
         self._submit(self._project_seed, worker, seed)
+
+    def add(self, worker: str, payload: bytes | np.ndarray) -> None:
+        """Project a stored submission's payload: A's seed (bytes) or B's share."""
+        if isinstance(payload, np.ndarray):
+            self.add_share(worker, payload)
+        elif payload:  # a finished round's payloads are b"": nothing to project
+            self.add_seed(worker, bytes(payload))
+
+    @classmethod
+    def for_round(
+        cls, rnd: Round, seed: bytes, pool: concurrent.futures.Executor
+    ) -> Projector:
+        """A projector for ``rnd`` that also projects what the round already holds."""
+        cfg = rnd.config
+        proj = cls(rnd.round_id, seed, cfg.validation_params().projections, cfg.dim, pool)
+        for w in rnd.holdings():  # accepted before the seed existed (or before a restart)
+            proj.add(w, rnd.submission(w).payload)
+        return proj
 
     def _submit(self, fn, *args) -> None:  # noqa: ANN001
         try:
@@ -146,41 +164,21 @@ class Projector:
 
 
 class MatrixBuffer:
-    """One reusable n×d int64 buffer for a server's share matrix.
+    """One reusable n×d int64 buffer for server A's share matrix.
 
     A fresh 160 MB array (n=20, d=10^6) costs about 0.1 s of page faults before a
-    single value is written, on the critical path after the last share. Rounds run
-    their 2PC one at a time (A holds the MPC lock; B follows A's phases), so the
-    previous round's matrix is normally dead when the next one is built and its pages
-    can be reused. Server B's submissions point into the matrix rows (one copy of the
-    shares, not two), so its buffer has an owner: while the owning round is still
-    alive (``busy``), a new round gets a new buffer and the old one lives on with it.
+    single value is written, on the critical path after the last share. A runs one
+    round's 2PC at a time (it holds the MPC lock), and nothing outlives the 2PC that
+    points into A's matrix (its submissions are seeds), so the previous round's
+    pages can be reused. The buffer grows to the largest round seen and stays
+    allocated.
     """
 
     def __init__(self) -> None:
         self._flat = np.empty(0, dtype=np.int64)
-        self._owner: str | None = None
 
-    def release(self) -> None:
-        """Drop the buffer (its owner keeps the pages it points into until it ends)."""
-        self._flat = np.empty(0, dtype=np.int64)
-        self._owner = None
-
-    def view(
-        self,
-        n: int,
-        d: int,
-        owner: str | None = None,
-        busy: Callable[[str], bool] | None = None,
-    ) -> np.ndarray:
+    def view(self, n: int, d: int) -> np.ndarray:
         """A C-contiguous (n, d) int64 view; its contents are garbage until written."""
-        reuse = self._flat.size >= n * d
-        if owner is not None and self._owner is not None:
-            # the owner's submissions may point into these pages: the same round
-            # rebuilding its matrix, or another round still alive, gets new ones
-            if self._owner == owner or (busy is not None and busy(self._owner)):
-                reuse = False
-        if not reuse:
+        if self._flat.size < n * d:
             self._flat = np.empty(n * d, dtype=np.int64)
-        self._owner = owner
         return self._flat[: n * d].reshape(n, d)

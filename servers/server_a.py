@@ -133,7 +133,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             )
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
-                proj.add_seed(request.worker_id, bytes(request.seed))
+                proj.add(request.worker_id, bytes(request.seed))
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -288,12 +288,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         cfg = rnd.config
         if cfg.validation_threshold() is None or rnd.round_id in self.projectors:
             return
-        proj = Projector(
-            rnd.round_id, fresh_key(), cfg.validation_params().projections, cfg.dim, self.precompute
-        )
-        self.projectors[rnd.round_id] = proj
-        for w in rnd.holdings():  # seeds accepted before this (or before a restart)
-            proj.add_seed(w, bytes(rnd.submission(w).payload))
+        self.projectors[rnd.round_id] = Projector.for_round(rnd, fresh_key(), self.precompute)
 
     async def _collect(self, rnd: Round) -> bool:
         """Wait for quorum on both servers, or the deadline; False if the round ended."""

@@ -24,7 +24,7 @@ from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
 from servers import common
-from servers.precompute import MatrixBuffer, Projector
+from servers.precompute import Projector
 from servers.session import SessionMember, restore_rounds
 
 log = logging.getLogger("secagg.server_b")
@@ -47,13 +47,11 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         self._uploads: set[str] = set()
         # round -> (participants, their shares stacked): built once per round, off the
         # event loop, instead of an n·d copy in every phase
-        self._matrices: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         self._building: dict[str, tuple[tuple[str, ...], asyncio.Future[np.ndarray]]] = {}
         # validation projections of each share as it arrives, once A has sent the
         # round's seed with PREPARE (servers.precompute)
         self.precompute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute")
         self.projectors: dict[str, Projector] = {}
-        self.matrix = MatrixBuffer()  # the share matrix's pages, reused round after round
         restore_rounds(self.book, "server B restarted during the 2PC: A runs it again")
 
     async def _mpc(self, fn, *args):  # noqa: ANN001, ANN202
@@ -127,7 +125,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             )
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
-                proj.add_share(wid, share)
+                proj.add(wid, share)
             return receipt.to_proto()
         except (RoundError, transport.ProtocolError, ValueError) as exc:
             await common.abort_for(context, exc)
@@ -192,12 +190,8 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         k = rnd.config.validation_params().projections
         if proj is not None and proj.seed == seed and proj.k == k:
             return proj
-        proj = Projector(rnd.round_id, seed, k, rnd.config.dim, self.precompute)
+        proj = Projector.for_round(rnd, seed, self.precompute)
         self.projectors[rnd.round_id] = proj
-        for w in rnd.holdings():  # shares accepted before the seed came
-            payload = rnd.submission(w).payload
-            if isinstance(payload, np.ndarray):
-                proj.add_share(w, payload)
         return proj
 
     async def _share_matrix(self, rnd: Round, participants: list[str]) -> np.ndarray:
@@ -205,41 +199,38 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
 
         Built once per round, off the event loop, starting as soon as the participants
         are fixed; the round's submissions then point at their rows, so B holds one
-        copy of the shares, not two.
+        copy of the shares, not two. After validation excluded workers, the previous
+        build is awaited and compacted in place, not rebuilt.
         """
         key = tuple(participants)
-        building = self._building.get(rnd.round_id)
-        if building is not None and building[0] == key:
-            return await asyncio.shield(building[1])
-        task = asyncio.ensure_future(self._build_matrix(rnd, key))
+        prev = self._building.get(rnd.round_id)
+        if prev is not None and prev[0] == key:
+            return await asyncio.shield(prev[1])
+        task = asyncio.ensure_future(self._build_matrix(rnd, key, prev))
         self._building = {rnd.round_id: (key, task)}  # one round's 2PC at a time
         return await asyncio.shield(task)
 
-    async def _build_matrix(self, rnd: Round, key: tuple[str, ...]) -> np.ndarray:
-        cached = self._matrices.get(rnd.round_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if cached is not None and set(key) <= set(cached[0]):
-            mat = await asyncio.to_thread(_compact, rnd, cached[0], cached[1], key)
-        else:
-            out = self.matrix.view(len(key), rnd.config.dim, rnd.round_id, self._round_alive)
-            mat = await asyncio.to_thread(_stack_into, rnd, key, out)
-        self._matrices = {rnd.round_id: (key, mat)}
-        return mat
+    async def _build_matrix(
+        self,
+        rnd: Round,
+        key: tuple[str, ...],
+        prev: tuple[tuple[str, ...], asyncio.Future[np.ndarray]] | None,
+    ) -> np.ndarray:
+        if prev is not None and set(key) <= set(prev[0]):
+            try:
+                old = await asyncio.shield(prev[1])
+            except Exception:  # that build failed: stack afresh below
+                old = None
+            if old is not None:
+                return await asyncio.to_thread(_compact, rnd, prev[0], old, key)
+        # A fresh array per round: between rounds B keeps no n×d buffer (one kept from
+        # the last round doubled B's peak while the next round's shares arrived)
+        out = np.empty((len(key), rnd.config.dim), dtype=np.int64)
+        return await asyncio.to_thread(_stack_into, rnd, key, out)
 
     def _end_of_2pc(self, round_id: str) -> None:
-        # Between rounds B keeps no n×d buffer: the next round's shares arrive as their
-        # own arrays, and a buffer kept from the last round doubled B's peak memory.
-        self._matrices.pop(round_id, None)
         self._building.pop(round_id, None)
         self.projectors.pop(round_id, None)
-        self.matrix.release()
-
-    def _round_alive(self, round_id: str) -> bool:
-        try:
-            return not self.book.get(round_id).state.terminal
-        except RoundError:
-            return False
 
     async def FailRound(self, request: pb.FailRequest, context) -> pb.RoundStatus:  # noqa: N802
         await self._peer(context)
