@@ -129,7 +129,7 @@ def _one_round(
         ) as c:
             agg = c.fetch_aggregate(rid)
         want = encoding.decode(ref.encoded_sum, params, ref.divisor)
-        correct = list(agg.selected) == [ids[i] for i in ref.selected] and bool(
+        correct = list(agg.selected) == sorted(ids[i] for i in ref.selected) and bool(
             np.array_equal(agg.vector, want)
         )
     return {

@@ -173,7 +173,7 @@ def _load(
             agg = c.fetch_aggregate(rid)
         ref = reference.aggregate_encoded(Xenc, args.rule, args.f)
         want = encoding.decode(ref.encoded_sum, params, ref.divisor)
-        correct = list(agg.selected) == [ids[i] for i in ref.selected] and bool(
+        correct = list(agg.selected) == sorted(ids[i] for i in ref.selected) and bool(
             np.array_equal(agg.vector, want)
         )
         detail = f"{len(agg.selected)} selected"

@@ -407,7 +407,8 @@ class SecureRunner:
                 time.sleep(0.5)
 
     def _excluded(self, rid: str, index: dict[str, int]) -> list[int]:
-        st = self.clients[0].status(rid)
+        # exclusion reasons are the operator's (a worker sees only its own)
+        st = self.admin.get_round_report(rid).status
         # older servers have no exclusions (no input validation)
         return sorted(index[e.worker_id] for e in getattr(st, "excluded", ()))
 

@@ -81,6 +81,21 @@ def tune_memory() -> bool:
     return ok
 
 
+def disable_core_dumps() -> bool:
+    """No core files from this process: they would hold shares, seeds and mask keys.
+
+    Sets both the soft and the hard ``RLIMIT_CORE`` to 0 (a hard limit of 0 cannot be
+    raised again by this process or its children). Returns whether it applied (not on
+    platforms without ``resource``).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return True
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -319,6 +334,56 @@ async def authenticate_worker(
             f"authenticated as {wid!r} but submitting for {claimed!r}",
         )
     return wid
+
+
+#: The operator's identity (mTLS CN on the control port, or the admin token with TLS off).
+OPERATOR = "admin"
+
+
+async def authenticate_reader(
+    context: grpc.aio.ServicerContext,
+    tokens: transport.TokenStore,
+    tls_on: bool,
+    admin_token: str | None,
+) -> str:
+    """Who may read a round (Worker.GetRoundStatus / GetAggregate): a registered worker
+    (its token) or the operator. Returns the worker id, or :data:`OPERATOR`.
+
+    The operator is recognised by its client certificate (CN "admin", control port) when
+    TLS is on, or by the admin token when it is off; anyone else must present a worker
+    token and is refused UNAUTHENTICATED otherwise. Nothing here is readable anonymously.
+    """
+    if tls_on:
+        if transport.peer_identity(context) == OPERATOR:
+            return OPERATOR
+    elif admin_token:
+        import hmac
+
+        got = metadata(context).get("authorization", "")
+        if hmac.compare_digest(got.encode(), f"Bearer {admin_token}".encode()):
+            return OPERATOR
+    return await authenticate_worker(context, tokens)
+
+
+def status_for(status: Any, reader: str) -> Any:
+    """The part of a ``RoundStatus`` that ``reader`` may see (SECURITY.md).
+
+    The operator sees everything. A worker sees the round's configuration, state,
+    counts, participants and failure reason, the selection as a sorted set (not the
+    rule's pick order), only its own exclusion (with the reason) and no phase timings.
+    """
+    if reader == OPERATOR:
+        return status
+    out = type(status)()
+    out.CopyFrom(status)
+    del out.phases[:]
+    own = [e for e in status.excluded if e.worker_id == reader]
+    del out.excluded[:]
+    out.excluded.extend(own)
+    sel = sorted(out.selected)
+    del out.selected[:]
+    out.selected.extend(sel)
+    return out
 
 
 async def serve_until_terminated(

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = common.common_settings(args, "dealer")
     common.setup_logging(settings.log_level)
     common.tune_memory()
+    common.disable_core_dumps()  # a core file would hold shares and keys
     # a small threaded gRPC server only for the standard health service
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2), options=transport.server_options()

@@ -44,6 +44,21 @@ class Outcome:
     divisor: int = 0
     distances: np.ndarray | None = None  # float, decoded; what A saw
     selected_idx: list[int] = field(default_factory=list)
+    # the aggregate's wire bytes and digest, made once per round on first read
+    _wire: tuple[bytes, bytes] | None = field(default=None, repr=False)
+
+    def wire(self) -> tuple[bytes, bytes]:
+        """The aggregate as little-endian float64 bytes and their SHA-256, cached:
+        concurrent readers share one copy instead of serialising and hashing it each."""
+        if self._wire is None:
+            assert self.aggregate is not None
+            data = self.aggregate.astype("<f8").tobytes()
+            self._wire = (data, hashlib.sha256(data).digest())
+        return self._wire
+
+
+#: Aggregate downloads served at once; more are refused RESOURCE_EXHAUSTED (retry later).
+MAX_AGGREGATE_READERS = 32
 
 
 class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
@@ -86,6 +101,13 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     kept.aggregate, kept.divisor, kept.distances, list(kept.selected)
                 )
         self.keeper.unsynced.update(failed_rounds(self.restored))
+        self._aggregate_readers = 0
+
+    async def _reader(self, context) -> str:  # noqa: ANN001
+        """A worker id or common.OPERATOR; nobody reads anonymously."""
+        return await common.authenticate_reader(
+            context, self.tokens, self.settings.tls is not None, self.admin_token
+        )
 
     # ------------------------------------------------------------------ helpers
     def _peer_md(self) -> list[tuple[str, str]]:
@@ -140,24 +162,33 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             raise
 
     async def SubmitShare(self, request_iterator, context) -> pb.Receipt:  # noqa: N802
+        await common.authenticate_worker(context, self.tokens)
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             "server A takes seeds (SubmitSeed); send the share vector to server B",
         )
 
     async def GetRoundStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
+        reader = await self._reader(context)
         try:
-            return self._round(request.round_id).to_proto()
+            return common.status_for(self._round(request.round_id).to_proto(), reader)
         except RoundError as exc:
             await common.abort_for(context, exc)
             raise
 
     async def GetAggregate(self, request: pb.RoundRef, context):  # noqa: N802
+        reader = await self._reader(context)
         try:
             rnd = self._round(request.round_id)
         except RoundError as exc:
             await common.abort_for(context, exc)
             raise
+        if reader != common.OPERATOR and reader not in rnd.participants:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"only the participants of round {rnd.round_id!r} (and the operator) may "
+                "read its aggregate; this worker is not one of them",
+            )
         if rnd.state is not RoundState.DONE:
             why = f": {rnd.failure_reason}" if rnd.state is RoundState.FAILED else ""
             await context.abort(
@@ -174,22 +205,35 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 "restart; run the round again",
             )
         assert out is not None and out.aggregate is not None
-        data = out.aggregate.astype("<f8").tobytes()
-        header = pb.AggregateHeader(
-            round_id=rnd.round_id,
-            dim=rnd.config.dim,
-            rule=rnd.config.rule.to_proto(),
-            selected=list(rnd.selected),
-            divisor=float(out.divisor),
-            scale=rnd.config.scale,
-            digest=hashlib.sha256(data).digest(),
-        )
-        step = transport.MAX_CHUNK_BYTES
-        for k, off in enumerate(range(0, max(len(data), 1), step)):
-            chunk = pb.AggregateChunk(offset=off // 8, data=data[off : off + step])
-            if k == 0:
-                chunk.header.CopyFrom(header)
-            yield chunk
+        if self._aggregate_readers >= MAX_AGGREGATE_READERS:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_AGGREGATE_READERS} aggregate downloads are in progress: retry in a "
+                "moment",
+            )
+        self._aggregate_readers += 1
+        try:
+            data, digest = out.wire()
+            # the rule's pick order is the operator's; a worker gets the selected set
+            selected = list(rnd.selected)
+            header = pb.AggregateHeader(
+                round_id=rnd.round_id,
+                dim=rnd.config.dim,
+                rule=rnd.config.rule.to_proto(),
+                selected=selected if reader == common.OPERATOR else sorted(selected),
+                divisor=float(out.divisor),
+                scale=rnd.config.scale,
+                digest=digest,
+            )
+            view = memoryview(data)
+            step = transport.MAX_CHUNK_BYTES
+            for k, off in enumerate(range(0, max(len(data), 1), step)):
+                chunk = pb.AggregateChunk(offset=off // 8, data=bytes(view[off : off + step]))
+                if k == 0:
+                    chunk.header.CopyFrom(header)
+                yield chunk
+        finally:
+            self._aggregate_readers -= 1
 
     # -------------------------------------------------------------- Admin API
     async def _admin(self, context) -> None:  # noqa: ANN001
@@ -535,6 +579,7 @@ async def serve(args: argparse.Namespace) -> None:
     settings = common.common_settings(args, "server-a")
     common.setup_logging(settings.log_level)
     common.tune_memory()
+    common.disable_core_dumps()  # a core file would hold shares and keys
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
     server, hs = common.make_server(settings)

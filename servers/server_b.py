@@ -71,6 +71,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
 
     # ------------------------------------------------------------- Worker API
     async def SubmitSeed(self, request, context):  # noqa: N802, ANN001
+        await common.authenticate_worker(context, self.tokens)
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             "server B takes share vectors (SubmitShare); send the seed to A",
@@ -134,6 +135,13 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             self._uploads.discard(wid)
 
     async def GetRoundStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
+        # B has no admin token: with TLS off only workers read here (A reads via Peer)
+        reader = await common.authenticate_reader(
+            context, self.tokens, self.settings.tls is not None, None
+        )
+        return common.status_for(await self._status(request, context), reader)
+
+    async def _status(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: ANN001
         try:
             return self.book.get(request.round_id).to_proto()
         except RoundError as exc:
@@ -141,6 +149,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             raise
 
     async def GetAggregate(self, request, context):  # noqa: N802, ANN001
+        await common.authenticate_worker(context, self.tokens)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "fetch the aggregate from server A")
         yield pb.AggregateChunk()  # pragma: no cover - makes this an async generator
 
@@ -155,7 +164,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
 
     async def GetPeerStatus(self, request: pb.RoundRef, context) -> pb.RoundStatus:  # noqa: N802
         await self._peer(context)
-        return await self.GetRoundStatus(request, context)
+        return await self._status(request, context)
 
     async def FixParticipants(self, request: pb.ParticipantsRequest, context):  # noqa: N802, ANN001
         await self._peer(context)
@@ -403,6 +412,7 @@ async def serve(args: argparse.Namespace) -> None:
     settings = common.common_settings(args, "server-b")
     common.setup_logging(settings.log_level)
     common.tune_memory()
+    common.disable_core_dumps()  # a core file would hold shares and keys
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     server, hs = common.make_server(settings)
     svc = ServerB(settings, tokens)

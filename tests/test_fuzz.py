@@ -383,7 +383,7 @@ def test_documented_refusals_and_acceptances(target: Target) -> None:
             grpc.StatusCode.NOT_FOUND,
         ),
         "unknown round (status)": (
-            _code(lambda: a.GetRoundStatus(pb.RoundRef(round_id="nope"), timeout=20)),
+            _code(lambda: a.GetRoundStatus(pb.RoundRef(round_id="nope"), metadata=md, timeout=20)),
             grpc.StatusCode.NOT_FOUND,
         ),
         "aggregate of an open round": (

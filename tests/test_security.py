@@ -1,0 +1,210 @@
+"""Security hardening (issue #15), against a real TLS deployment on loopback: who may
+read what over the worker ports, and the refusals that keep data-dependent values and
+unconfigured transitions out. SECURITY.md states the contract these tests check."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from clients.admin import AdminClient
+from clients.sdk import SecAggClient
+from secagg import encoding, reference, transport
+from secagg.rounds import RoundConfig
+from secagg.v1 import secagg_pb2 as pb
+from secagg.v1 import secagg_pb2_grpc as pbg
+from servers.launcher import LocalDeployment
+
+N, D = 7, 64
+PARAMS = encoding.EncodingParams(scale=1.0, coord_bound=50.0, norm_bound=150.0)
+IDS = [f"s{i:02d}" for i in range(N + 3)]  # three registered workers never take part
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    d = LocalDeployment(tmp_path_factory.mktemp("secdep"), IDS, tls=True)
+    d.start()
+    yield d
+    d.stop()
+
+
+def _client(dep: LocalDeployment, wid: str) -> SecAggClient:
+    return SecAggClient(
+        dep.addr_a, dep.addr_b, wid, dep.tokens[wid], tls=dep.worker_tls(), timeout_s=30
+    )
+
+
+def _code(fn: Callable[[], Any]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    return err.value.code()
+
+
+def _open(dep: LocalDeployment, rule: str, f: int, n: int = N, **extra: Any) -> str:
+    rid = f"sec-{rule}-{uuid.uuid4().hex[:8]}"
+    cfg = RoundConfig(
+        round_id=rid,
+        n_expected=n,
+        f=f,
+        rule=rule,
+        dim=D,
+        scale=PARAMS.scale,
+        coord_bound=PARAMS.coord_bound,
+        norm_bound=PARAMS.norm_bound,
+        deadline_unix_ms=int((time.time() + 60) * 1000),
+        **extra,
+    )
+    with AdminClient(dep.control_a, dep.tls_for("admin")) as a:
+        a.open_round(cfg)
+    return rid
+
+
+@pytest.fixture(scope="module")
+def done_round(dep: LocalDeployment) -> tuple[str, np.ndarray]:
+    """One finished Bulyan round of workers IDS[:N]."""
+    rng = np.random.default_rng(15)
+    center = rng.normal(size=D)
+    X = center + rng.normal(size=(N, D)) * 0.5
+    X[N - 1] = center  # the most central row comes last: the pick order is not sorted
+    rid = _open(dep, "bulyan", 1)
+    for i in range(N):
+        with _client(dep, IDS[i]) as c:
+            c.submit(rid, X[i], PARAMS)
+    with _client(dep, IDS[0]) as c:
+        c.wait_for_result(rid, timeout_s=120)
+    return rid, X
+
+
+# ------------------------------------------------------------ 1: who reads what
+def test_an_outsider_with_only_the_ca_reads_nothing(dep: LocalDeployment, done_round) -> None:
+    rid, _ = done_round
+    ref = pb.RoundRef(round_id=rid)
+    for addr in (dep.addr_a, dep.addr_b):
+        with transport.make_channel(addr, dep.worker_tls()) as ch:
+            stub = pbg.WorkerStub(ch)
+            assert _code(lambda: stub.GetRoundStatus(ref, timeout=20)) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            ), addr
+            assert _code(lambda: list(stub.GetAggregate(ref, timeout=20))) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            ), addr
+            # a wrong token is no better than none
+            bad = transport.worker_metadata(IDS[0], "not-the-token")
+            assert _code(lambda: stub.GetRoundStatus(ref, metadata=bad, timeout=20)) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+
+
+def test_only_participants_read_the_aggregate(dep: LocalDeployment, done_round) -> None:
+    rid, X = done_round
+    outsider = IDS[N]  # registered, but not in this round
+    with transport.make_channel(dep.addr_a, dep.worker_tls()) as ch:
+        md = transport.worker_metadata(outsider, dep.tokens[outsider])
+        code = _code(
+            lambda: list(pbg.WorkerStub(ch).GetAggregate(pb.RoundRef(round_id=rid), metadata=md))
+        )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    with _client(dep, IDS[3]) as c:
+        agg = c.fetch_aggregate(rid)
+    Xenc = np.stack([encoding.encode(r, PARAMS) for r in X])
+    ref = reference.aggregate_encoded(Xenc, "bulyan", 1)
+    np.testing.assert_array_equal(agg.vector, encoding.decode(ref.encoded_sum, PARAMS, ref.divisor))
+    # a worker gets the selected set, not the rule's pick order
+    assert list(agg.selected) == sorted(IDS[i] for i in ref.selected)
+
+
+def test_a_worker_sees_no_timings_pick_order_or_other_exclusions(
+    dep: LocalDeployment, done_round
+) -> None:
+    rid, _ = done_round
+    with _client(dep, IDS[N + 1]) as c:  # any registered worker may read the status
+        for server in ("a", "b"):
+            st = c.status(rid, server)
+            assert st.state == pb.ROUND_STATE_DONE and st.config.dim == D
+            assert not st.phases, server
+            assert list(st.selected) == sorted(st.selected), server
+            assert not st.excluded
+
+
+def test_the_operator_reads_everything_on_both_control_ports(
+    dep: LocalDeployment, done_round
+) -> None:
+    rid, X = done_round
+    Xenc = np.stack([encoding.encode(r, PARAMS) for r in X])
+    ref = reference.aggregate_encoded(Xenc, "bulyan", 1)
+    pick_order = [IDS[i] for i in ref.selected]
+    assert pick_order != sorted(pick_order)  # else this test could not tell them apart
+    for addr in (dep.control_a, dep.control_b):
+        with transport.make_channel(addr, dep.tls_for("admin")) as ch:
+            st = pbg.WorkerStub(ch).GetRoundStatus(pb.RoundRef(round_id=rid), timeout=20)
+            assert st.phases and list(st.selected) == pick_order, addr
+    with transport.make_channel(dep.control_a, dep.tls_for("admin")) as ch:
+        stream = pbg.WorkerStub(ch).GetAggregate(pb.RoundRef(round_id=rid), timeout=20)
+        header, _ = transport.read_aggregate_stream(stream)
+    assert list(header.selected) == pick_order
+
+
+def test_the_aggregate_is_serialised_once_and_reads_are_capped() -> None:
+    """Each read used to serialise and hash the whole vector; now the outcome keeps one
+    copy, and reads past the cap are refused before any work."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from servers import server_a
+
+    out = server_a.Outcome(aggregate=np.arange(5, dtype=np.float64), divisor=1)
+    first = out.wire()
+    assert out.wire()[0] is first[0] and len(first[0]) == 40
+
+    class Ctx:
+        code: grpc.StatusCode | None = None
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.code = code
+            raise RuntimeError(details)
+
+    rnd = SimpleNamespace(
+        round_id="r", state=server_a.RoundState.DONE, participants=("w",), selected=("w",)
+    )
+
+    async def reader(_ctx: object) -> str:
+        return "w"
+
+    fake = SimpleNamespace(
+        _reader=reader,
+        _round=lambda _rid: rnd,
+        outcomes={"r": out},
+        _aggregate_readers=server_a.MAX_AGGREGATE_READERS,
+    )
+    ctx = Ctx()
+
+    async def read() -> None:
+        async for _ in server_a.ServerA.GetAggregate(fake, pb.RoundRef(round_id="r"), ctx):
+            pass
+
+    with pytest.raises(RuntimeError, match="retry"):
+        asyncio.run(read())
+    assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert fake._aggregate_readers == server_a.MAX_AGGREGATE_READERS  # nothing leaked
+
+
+def _pid_core_limit(pid: int) -> str:
+    with open(f"/proc/{pid}/limits") as fh:
+        for line in fh:
+            if line.startswith("Max core file size"):
+                return line.split()[4]
+    raise AssertionError("no core limit line")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/limits"), reason="needs Linux /proc")
+def test_server_processes_cannot_dump_core(dep: LocalDeployment) -> None:
+    """9: a core dump of a server would hold shares, seeds and mask keys."""
+    for name in ("server-a", "server-b", "dealer"):
+        assert _pid_core_limit(dep.procs[name].pid) == "0", name
