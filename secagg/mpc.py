@@ -152,6 +152,19 @@ def _ring(stream: AesCtrStream, size: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(stream.ring(tuple(size)))
 
 
+def symmetric_ring(stream: AesCtrStream, n: int) -> torch.Tensor:
+    """A uniformly random symmetric n×n ring matrix, diagonal included.
+
+    Party 1's share of a Gram pair's ``Z = R R^T``. ``U + U^T`` would be symmetric too
+    but has an even diagonal, which made party 0's share satisfy
+    ``Z_0[i, i] = sum_j R_ij mod 2`` and, with the opened ``E = X - R``, told server A
+    each worker's coordinate-sum parity. Draws n·n words, like ``U``, so both ends of
+    the stream stay in lockstep: the upper triangle (diagonal included) is mirrored.
+    """
+    u = _ring(stream, (n, n))
+    return torch.triu(u) + torch.triu(u, diagonal=1).t()
+
+
 def _bits(stream: AesCtrStream, size: Sequence[int], bitlength: int) -> torch.Tensor:
     return torch.from_numpy(stream.bits(tuple(size), bitlength))
 
@@ -346,8 +359,9 @@ class CsprngTTP(TrustedThirdParty):
         (:func:`gram_columns`) in the online phase, so a prepared pair costs O(n²)
         memory, not O(n·d). Party 0 asks the dealer, which starts computing ``R R^T``
         at once; :meth:`gram_finish` collects its share. ``Z``'s shares are both exactly
-        symmetric (party 1's is ``U + U^T``), so every matrix derived from them is
-        symmetric too and exact ties break identically for ``D[i, j]`` and ``D[j, i]``.
+        symmetric (party 1's is uniform among symmetric matrices, :func:`symmetric_ring`),
+        so every matrix derived from them is symmetric too and exact ties break
+        identically for ``D[i, j]`` and ``D[j, i]``.
         """
         cl = _client()
         if cl.rank == RANK_A:
@@ -359,8 +373,7 @@ class CsprngTTP(TrustedThirdParty):
         sub = cl.stream.read_bytes(KEY_BYTES)
         z = None
         if cl.rank != RANK_A:
-            u = _ring(cl.stream, (n, n))
-            z = u + u.t()
+            z = symmetric_ring(cl.stream, n)
         return GramPlan(n=n, d=d, key=sub, z=z)
 
     def gram_finish(self, plan: GramPlan) -> torch.Tensor:
@@ -467,8 +480,7 @@ class _Dealer:
                 for st, buf in zip(subs[1:], bufs[1:], strict=True):
                     r += torch.from_numpy(st.fill(buf[: n * w].reshape(n, w)))
                 matmul_nt(r, r, out=z)  # blockwise: the dealer never holds all of R
-            u = _ring(self.streams[1], (n, n))
-            return z - (u + u.t())
+            return z - symmetric_ring(self.streams[1], n)
         raise MpcError(f"bad dealer request: function {fid}")
 
     def serve(self) -> None:

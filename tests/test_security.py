@@ -30,7 +30,15 @@ IDS = [f"s{i:02d}" for i in range(N + 3)]  # three registered workers never take
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     d = LocalDeployment(tmp_path_factory.mktemp("secdep"), IDS, tls=True)
-    d.start()
+    # the servers inherit a core limit that allows dumps: they must lower it themselves
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+    try:
+        d.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
     yield d
     d.stop()
 
@@ -83,23 +91,23 @@ def done_round(dep: LocalDeployment) -> tuple[str, np.ndarray]:
 
 
 # ------------------------------------------------------------ 1: who reads what
+def _outsider_codes(addr: str, tls: transport.TlsConfig | None, rid: str) -> list:
+    ref = pb.RoundRef(round_id=rid)
+    bad = transport.worker_metadata(IDS[0], "not-the-token")  # no better than none
+    with transport.make_channel(addr, tls) as ch:
+        stub = pbg.WorkerStub(ch)
+        return [
+            _code(lambda: stub.GetRoundStatus(ref, timeout=20)),
+            _code(lambda: list(stub.GetAggregate(ref, timeout=20))),
+            _code(lambda: stub.GetRoundStatus(ref, metadata=bad, timeout=20)),
+        ]
+
+
 def test_an_outsider_with_only_the_ca_reads_nothing(dep: LocalDeployment, done_round) -> None:
     rid, _ = done_round
-    ref = pb.RoundRef(round_id=rid)
     for addr in (dep.addr_a, dep.addr_b):
-        with transport.make_channel(addr, dep.worker_tls()) as ch:
-            stub = pbg.WorkerStub(ch)
-            assert _code(lambda: stub.GetRoundStatus(ref, timeout=20)) == (
-                grpc.StatusCode.UNAUTHENTICATED
-            ), addr
-            assert _code(lambda: list(stub.GetAggregate(ref, timeout=20))) == (
-                grpc.StatusCode.UNAUTHENTICATED
-            ), addr
-            # a wrong token is no better than none
-            bad = transport.worker_metadata(IDS[0], "not-the-token")
-            assert _code(lambda: stub.GetRoundStatus(ref, metadata=bad, timeout=20)) == (
-                grpc.StatusCode.UNAUTHENTICATED
-            )
+        codes = _outsider_codes(addr, dep.worker_tls(), rid)
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3, addr
 
 
 def test_only_participants_read_the_aggregate(dep: LocalDeployment, done_round) -> None:

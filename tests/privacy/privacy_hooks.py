@@ -8,7 +8,9 @@ also wraps that communicator for the duration of one round and records what the 
 party contributed to every opening: ``result - mine`` for an arithmetic sum,
 ``result ^ mine`` for a binary XOR, and every tensor received from the peer. On server
 A it also records every request header sent to the dealer, which is everything the
-dealer ever learns about a round.
+dealer ever learns about a round, and every response the dealer sends back ("dealer");
+on both servers the party's share of the Gram pair's ``Z = R R^T``
+("dealer.gram_share", the dealer's response on A, drawn from B's dealer key on B).
 
 The functions are module-level so that :meth:`secagg.cluster.MpcCluster.run` can pickle
 them by reference; the spawned server processes import this module through the
@@ -131,13 +133,34 @@ def recorded_round(session: Any, share: np.ndarray, plan: Any) -> tuple[Any, lis
         headers.append(hdr.numpy().copy())
         return plain(hdr, *rest)
 
+    plain_result = client.recv_result
+
+    def recording_result(size):  # noqa: ANN001, ANN202
+        out = plain_result(size)
+        transcript.append(("dealer", out.numpy().copy()))
+        return out
+
+    import crypten
+
+    provider = crypten.mpc.get_default_provider()
+    plain_finish = provider.gram_finish
+
+    def recording_finish(gram_plan):  # noqa: ANN001, ANN202
+        z = plain_finish(gram_plan)
+        transcript.append(("dealer.gram_share", z.numpy().copy()))
+        return z
+
     session.transcript = transcript
     undo = _install_comm_recorder(transcript)
     setattr(client, hook, recording)
+    client.recv_result = recording_result
+    provider.gram_finish = recording_finish
     try:
         out = protocol.run_round(session, share, plan)
     finally:
         session.transcript = None
         undo()
         client.__dict__.pop(hook, None)
+        client.__dict__.pop("recv_result", None)
+        provider.__dict__.pop("gram_finish", None)
     return out, transcript, headers

@@ -6,7 +6,8 @@ are run through the real 2PC protocol many times (``conftest.recorded``). Server
 view is its shares (the expanded seeds), its own Gram mask share and everything it
 receives: E_B, B's share of the distance matrix, B's share of the opened sum, and every
 value of CrypTen's secure comparisons (input validation). Server B's view is the mirror
-image without the distances. The dealer's view is the request headers.
+image without the distances. Both views include what the dealer handed the party (on A
+every dealer response, on both the Gram share). The dealer's view is the request headers.
 
 If the protocol leaked anything beyond distances, selection and aggregate, the views
 for X and X' would differ in distribution. They are compared with pooled two-sample
@@ -135,7 +136,8 @@ def test_transcripts_have_identical_structure(recorded):
         shapes = {tuple(_structure(getattr(r, party).transcript)) for r in recorded.runs}
         assert len(shapes) == 1, f"server {party}'s transcript layout depends on the input"
     labels = {lab for lab, _ in recorded.runs[0].a.transcript}
-    assert {"own_mask_share", "received"} <= labels
+    assert {"own_mask_share", "received", "dealer", "dealer.gram_share"} <= labels
+    assert "dealer.gram_share" in {lab for lab, _ in recorded.runs[0].b.transcript}
 
 
 def test_server_a_view_is_independent_of_the_rotation(recorded):
