@@ -806,9 +806,7 @@ class ReceivedShare:
 _SHARE_HEADER_FIELDS: tuple[str, ...] = ("round_id", "worker_id", "submission_id", "dim")
 
 
-def check_repeated_header(
-    first: secagg_pb2.ShareChunk, later: secagg_pb2.ShareChunk
-) -> None:
+def check_repeated_header(first: secagg_pb2.ShareChunk, later: secagg_pb2.ShareChunk) -> None:
     """Refuse a later ``ShareChunk`` whose header differs from the first chunk's.
 
     The wire contract (``proto/SHARE_ENCODING.md`` §5): a later chunk leaves each header
