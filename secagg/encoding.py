@@ -49,6 +49,8 @@ __all__ = [
     "EncodingParams",
     "check_headroom",
     "encode",
+    "norm_limit_squared",
+    "sum_of_squares",
     "clip_to_bounds",
     "decode",
     "resolution",
@@ -251,14 +253,49 @@ def _first_bad_coordinate(arr: np.ndarray, scaled: np.ndarray, params: EncodingP
     )
 
 
-def _check_norm(scaled: np.ndarray, params: EncodingParams) -> None:
-    # BLAS nrm2 rescales internally, so the norm itself cannot overflow to inf
-    norm = float(np.linalg.norm(scaled))
-    if not norm <= params.norm_bound:
+#: A coordinate with ``|scale·x_i| >= 2^15`` fails every admissible norm bound
+#: (``L < 2^14.5``); refusing it first keeps ``rint(scale·x_i·2^16)`` within ±2^31.
+_COORD_CEILING: float = 2.0**15
+
+
+def sum_of_squares(enc: np.ndarray) -> int:
+    """``Σ x̃_i²`` of an encoded vector, exactly (a Python int).
+
+    Exact integer arithmetic, so the result does not depend on summation order or
+    precision (``proto/SHARE_ENCODING.md`` §2). Requires ``|x̃_i| <= 2^31`` and at most
+    2^26 coordinates: each ``x̃ = h·2^16 + l`` with ``0 <= l < 2^16`` splits the square
+    into three int64 sums that cannot overflow.
+    """
+    e = np.asarray(enc, dtype=np.int64)
+    h, lo = e >> FRAC_BITS, e & (_ONE - 1)
+    hh = int(np.dot(h, h))
+    hl = int(np.dot(h, lo))
+    ll = int(np.dot(lo, lo))
+    return (hh << (2 * FRAC_BITS)) + (hl << (FRAC_BITS + 1)) + ll
+
+
+def norm_limit_squared(params: EncodingParams) -> int:
+    """``⌊(L·2^16)²⌋``: the largest ``Σ x̃_i²`` the norm bound admits (exact)."""
+    limit = Fraction(params.norm_bound) * _ONE
+    return math.floor(limit * limit)
+
+
+def _check_norm(enc: np.ndarray, params: EncodingParams) -> None:
+    # the bound is on the encoded integers, exactly: Σ x̃_i² <= (L·2^16)²
+    total, limit = sum_of_squares(enc), norm_limit_squared(params)
+    if total > limit:
+        norm = math.sqrt(total) / _ONE
         raise EncodingError(
-            f"gradient norm ||scale·x||_2 = {norm!r} exceeds norm_bound {params.norm_bound!r} "
-            f"(scale {params.scale!r}): clip the gradient (clip_to_bounds) or raise norm_bound"
+            f"gradient norm ||scale·x||_2 ≈ {norm!r} exceeds norm_bound {params.norm_bound!r} "
+            f"(scale {params.scale!r}): on the encoded integers Σ x̃_i² = {total} > "
+            f"(norm_bound·2^16)² = {limit}; clip the gradient (clip_to_bounds) or raise "
+            "norm_bound"
         )
+
+
+def _encode_unchecked(scaled: np.ndarray) -> np.ndarray:
+    # |scaled| < 2^15: the product by 2^16 is exact and the cast in range
+    return np.rint(scaled * float(_ONE)).astype(np.int64)
 
 
 def encode(x: ArrayLike, params: EncodingParams) -> np.ndarray:
@@ -266,7 +303,9 @@ def encode(x: ArrayLike, params: EncodingParams) -> np.ndarray:
 
     ``x̃_i = rint(2^16 · fl(scale · x_i))`` with ties to even (see module docstring).
     Multiplying by 2^16 is exact in binary64, so only the ``scale`` product and the
-    final rounding can round.
+    final rounding can round. The coordinate bound applies to ``fl(scale · x_i)``, the
+    norm bound to the encoded integers: ``Σ x̃_i² <= (norm_bound · 2^16)²``, evaluated
+    exactly (:func:`sum_of_squares`), so every implementation agrees at the bound.
 
     Parameters
     ----------
@@ -284,7 +323,7 @@ def encode(x: ArrayLike, params: EncodingParams) -> np.ndarray:
     ------
     EncodingError
         For non-1-D, empty or non-real input; for the first coordinate that is NaN,
-        ±Inf or has ``|scale·x_i| > coord_bound``; or if ``||scale·x||_2 > norm_bound``.
+        ±Inf or has ``|scale·x_i| > coord_bound``; or if ``Σ x̃_i² > (norm_bound·2^16)²``.
     """
     arr = _as_vector(x)
     # a float64 multiply rather than in-place: arr may be the caller's own array
@@ -292,9 +331,17 @@ def encode(x: ArrayLike, params: EncodingParams) -> np.ndarray:
         # overflow to inf (huge scale·x) is reported by the bound check below
         scaled = arr * params.scale
     _first_bad_coordinate(arr, scaled, params)
-    _check_norm(scaled, params)
-    # |scaled| <= min(C, L) < 2^14.5, so the product and the cast are exact/in range
-    return np.rint(scaled * float(_ONE)).astype(np.int64)
+    big = np.abs(scaled) >= _COORD_CEILING
+    if big.any():  # fails the norm bound: refused before the cast could leave int64
+        i = int(np.argmax(big))
+        raise EncodingError(
+            f"gradient norm exceeds norm_bound {params.norm_bound!r}: coordinate {i} alone "
+            f"has |scale·x_{i}| >= 2^15 (scale {params.scale!r}); clip the gradient "
+            "(clip_to_bounds) or lower scale"
+        )
+    out = _encode_unchecked(scaled)
+    _check_norm(out, params)
+    return out
 
 
 def clip_to_bounds(x: ArrayLike, params: EncodingParams) -> np.ndarray:
@@ -339,16 +386,19 @@ def clip_to_bounds(x: ArrayLike, params: EncodingParams) -> np.ndarray:
             break
         y[over] = np.nextafter(y[over], 0.0)
 
+    limit = norm_limit_squared(params)
     norm = float(np.linalg.norm(y * scale))
-    if norm > nb:
+    if norm > nb or sum_of_squares(_encode_unchecked(y * scale)) > limit:
         # shrinking never raises |fl(y_i·f)| (f < 1, monotone rounding), so coordinate
-        # bounds still hold; only the norm needs re-checking after rounding
-        shrink = 2.0**-52
-        factor = nb / norm
+        # bounds still hold; only the norm needs re-checking, on the encoded integers
+        # as encode checks it (rounding to 2^-16 can add up to sqrt(d)/2 units)
+        shrink = 2.0**-40
+        factor = min(1.0, nb / norm)
         z = y * factor
-        while float(np.linalg.norm(z * scale)) > nb:
-            z = y * (factor * (1.0 - shrink))
-            shrink *= 16.0
+        while sum_of_squares(_encode_unchecked(z * scale)) > limit:
+            # doubling: at most twice the shrink rounding needed (~sqrt(d)/(L·2^17))
+            z = y * (factor * (1.0 - min(shrink, 1.0)))
+            shrink *= 2.0
         y = z
     return y
 

@@ -322,7 +322,9 @@ class RoundConfig:
         Encoding parameters (:class:`secagg.encoding.EncodingParams`).
     m : int, default 0
         Multi-Krum's m; 0 means the default ``n - f - 2`` of the actual participants.
-        Must be 0 for the other rules.
+        Otherwise ``1 <= m <= n_expected - f - 2`` (the seeds' bound, AggregaThor), and
+        with fewer actual participants n it is capped at ``n - f - 2``
+        (:meth:`effective_m`). Must be 0 for the other rules.
     quorum : int, default 0
         Participants that let the round start before the deadline; 0 means
         ``n_expected``.
@@ -372,10 +374,17 @@ class RoundConfig:
         return self.quorum or self.n_expected
 
     def effective_m(self, n: int) -> int | None:
-        """Multi-Krum's m for ``n`` actual participants; None for the other rules."""
+        """Multi-Krum's m for ``n`` actual participants; None for the other rules.
+
+        ``min(m, n - f - 2)`` (``n - f - 2`` when m is 0): the seeds' bound
+        ``m <= n - f - 2`` must hold for the participants actually present, so that a
+        worker dropping out neither fails the round nor lets a Byzantine vector into
+        the average.
+        """
         if self.rule is not Rule.MULTI_KRUM:
             return None
-        return self.m or n - self.f - 2
+        cap = n - self.f - 2
+        return min(self.m, cap) if self.m else cap
 
     def validation_params(self) -> Any:
         """The round's :class:`secagg.validation.ValidationParams`, or None if skipped."""
@@ -440,10 +449,10 @@ class RoundConfig:
                 "invite more workers or lower f"
             )
         if self.rule is Rule.MULTI_KRUM:
-            if self.m != 0 and not 1 <= self.m <= n:
+            if self.m != 0 and not 1 <= self.m <= n - f - 2:
                 raise ValueError(
-                    f"multi-krum needs 1 <= m <= n = {n}, got m={self.m} "
-                    "(0 selects the default n - f - 2)"
+                    f"multi-krum needs 1 <= m <= n - f - 2 = {n - f - 2} (n_expected={n}, "
+                    f"f={f}), got m={self.m}: lower m (0 selects the default n - f - 2)"
                 )
         elif self.m != 0:
             raise ValueError(
@@ -1053,7 +1062,10 @@ class Round:
             )
 
     def fix_participants(
-        self, ids_from_other_server: Iterable[str] | Mapping[str, str]
+        self,
+        ids_from_other_server: Iterable[str] | Mapping[str, str],
+        *,
+        mismatched: Iterable[str] = (),
     ) -> list[str]:
         """Freeze submissions and keep the workers the other server holds too.
 
@@ -1064,6 +1076,10 @@ class Round:
             a mapping, a worker whose submission ids differ between the servers is
             excluded (its seed and share come from different splits and would not add
             up) and listed in :attr:`mismatched`.
+        mismatched
+            With a list of ids: the workers the other server found held under
+            different submission ids (server B's ``ParticipantsReply.mismatched``),
+            so that their exclusion here names that cause too.
 
         Returns
         -------
@@ -1075,8 +1091,8 @@ class Round:
         IllegalTransition
             If participants were already fixed or the round is over.
         RoundFailed
-            If fewer workers remain than the rule needs (the round is failed first), or
-            Multi-Krum's configured m exceeds them.
+            If fewer workers remain than the rule needs (the round is failed first).
+            (Multi-Krum's m is capped for them: :meth:`RoundConfig.effective_m`.)
         """
         with self._cond:
             while True:
@@ -1099,8 +1115,9 @@ class Round:
                 )
                 chosen = sorted(common - set(mismatched))
             else:
-                mismatched = []
-                chosen = sorted({w for w in ids_from_other_server if w in ours})
+                reported = set(mismatched)
+                mismatched = sorted(w for w in reported if w in ours)
+                chosen = sorted({w for w in ids_from_other_server if w in ours} - reported)
             self._mismatched = tuple(mismatched)
             self._record_dropouts_locked(ids_from_other_server, chosen, mismatched)
             n, cfg = len(chosen), self.config
@@ -1202,8 +1219,6 @@ class Round:
                     f"{len(drop)} workers excluded ({reason}); {n} remain but "
                     f"{cfg.rule.value} with f={cfg.f} needs at least {cfg.min_participants}"
                 )
-            elif cfg.rule is Rule.MULTI_KRUM and cfg.m > n:
-                problem = f"multi-krum's m={cfg.m} exceeds the {n} remaining participants"
             if problem:
                 self._transition_locked(RoundState.FAILED, problem)
                 raise RoundFailed(f"round {self.round_id!r} failed: {problem}")

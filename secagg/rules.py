@@ -220,10 +220,13 @@ def krum(D: np.ndarray, f: int) -> int:
 
 
 def multi_krum(D: np.ndarray, f: int, m: int | None = None) -> list[int]:
-    """Indices of the m workers with the lowest Krum scores, sorted ascending.
+    """Indices of the m workers with the lowest Krum scores, in pick order.
 
     Scores are computed once, as for :func:`krum` (``k = n - f - 2``; requires
-    ``n >= 2f + 3``), then ordered by ``(score, index)`` so ties go to the lowest index.
+    ``n >= 2f + 3``), then ordered by ``(score, index)`` so ties go to the lowest index;
+    the result lists the picks in that order (lowest score first), which is the order
+    the wire contract's ``selected`` fields carry. The aggregate, a sum, does not depend
+    on it.
     Multi-Krum outputs the average of the selected vectors (Blanchard et al., NeurIPS
     2017; ``payberah-2020-robust-learning-slides.txt``).
 
@@ -263,7 +266,7 @@ def multi_krum(D: np.ndarray, f: int, m: int | None = None) -> list[int]:
     scores = _scores(arr, n - fi - 2)
     # a stable sort on score keeps equal scores in index order
     order = np.argsort(scores, kind="stable")
-    return sorted(int(i) for i in order[:mi])
+    return [int(i) for i in order[:mi]]
 
 
 # ----------------------------------------------------------------------------- Bulyan
@@ -449,7 +452,7 @@ def select(rule: str, D: np.ndarray, f: int, m: int | None = None) -> list[int]:
     - ``"mean"``: every worker, ``list(range(n))``; f is validated (integer >= 0) but
       otherwise ignored, since plain averaging tolerates no Byzantine worker at all.
     - ``"krum"``: ``[krum(D, f)]``.
-    - ``"multi-krum"``: :func:`multi_krum`, sorted ascending.
+    - ``"multi-krum"``: :func:`multi_krum`, in pick order (lowest score first).
     - ``"bulyan"``: :func:`bulyan_select`, in pick order.
 
     m applies to Multi-Krum only; passing it with another rule is an error rather than

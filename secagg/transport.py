@@ -53,6 +53,7 @@ __all__ = [
     "aggregate_chunk_messages",
     "channel_options",
     "check_health",
+    "check_repeated_header",
     "hash_token",
     "issue_tokens",
     "iter_chunks",
@@ -802,6 +803,33 @@ class ReceivedShare:
     digest: bytes
 
 
+_SHARE_HEADER_FIELDS: tuple[str, ...] = ("round_id", "worker_id", "submission_id", "dim")
+
+
+def check_repeated_header(first: secagg_pb2.ShareChunk, later: secagg_pb2.ShareChunk) -> None:
+    """Refuse a later ``ShareChunk`` whose header differs from the first chunk's.
+
+    The wire contract (``proto/SHARE_ENCODING.md`` §5): a later chunk leaves each header
+    field unset (empty string, dim 0) or repeats the first chunk's value unchanged. One
+    stream carries one submission, so a change is an error, never an update.
+
+    Raises
+    ------
+    ProtocolError
+        INVALID_ARGUMENT naming the first field that changed.
+    """
+    for name in _SHARE_HEADER_FIELDS:
+        value = getattr(later, name)
+        if value and value != getattr(first, name):
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk at offset {later.offset} changes the header's {name} set by the first "
+                "chunk: one stream carries one submission; leave the header empty after the "
+                "first chunk (or repeat it unchanged) and start a new stream for another "
+                "submission",
+            )
+
+
 def read_share_stream(
     chunks: Iterable[secagg_pb2.ShareChunk],
     resolve_dim: Callable[[str], int],
@@ -836,7 +864,6 @@ def read_share_stream(
         raise ProtocolError(
             invalid, "empty SubmitShare stream: send at least one chunk with the header"
         )
-    header = (first.round_id, first.worker_id, first.submission_id, first.dim)
     for name in ("round_id", "worker_id", "submission_id"):
         if not ID_PATTERN.fullmatch(getattr(first, name)):
             raise ProtocolError(
@@ -863,13 +890,7 @@ def read_share_stream(
     asm = ChunkAssembler(dim, "<i8", max_chunk_bytes)
     asm.add(first.offset, first.data)
     for chunk in it:
-        again = (chunk.round_id, chunk.worker_id, chunk.submission_id, chunk.dim)
-        if any(again) and again != header:
-            raise ProtocolError(
-                invalid,
-                f"chunk at offset {chunk.offset} repeats a different header: one stream "
-                "carries one submission; leave the header empty after the first chunk",
-            )
+        check_repeated_header(first, chunk)
         asm.add(chunk.offset, chunk.data)
     share = asm.finish()
     return ReceivedShare(

@@ -107,13 +107,47 @@ class ValidationParams:
 
 def honest_norm(params: EncodingParams, dim: int) -> float:
     """N: the largest encoded norm of an honest vector (bound plus rounding)."""
-    return params.norm_bound * 2.0**FRAC_BITS + math.sqrt(dim) / 2
+    return _honest_norm(params.norm_bound, dim)
+
+
+def _honest_norm(norm_bound: float, dim: int) -> float:
+    # conservative: encode's exact check already keeps ||x̃|| <= L·2^16
+    return norm_bound * 2.0**FRAC_BITS + math.sqrt(dim) / 2
+
+
+def _threshold(norm_bound: float, dim: int, vp: ValidationParams) -> int:
+    t = math.sqrt(2.0 * math.log(2.0 * vp.projections / vp.false_rejection))
+    return math.ceil(_honest_norm(norm_bound, dim) * t)
 
 
 def threshold(params: EncodingParams, dim: int, vp: ValidationParams) -> int:
     """T = N·sqrt(2 ln(2k/δ)), rounded up: the projection bound honest workers meet."""
-    t = math.sqrt(2.0 * math.log(2.0 * vp.projections / vp.false_rejection))
-    return math.ceil(honest_norm(params, dim) * t)
+    return _threshold(params.norm_bound, dim, vp)
+
+
+def _distances_fit(norm_bound: float, dim: int, vp: ValidationParams) -> bool:
+    accepted_norm = 16 * _threshold(norm_bound, dim, vp)
+    return 4 * accepted_norm * accepted_norm < _LIMIT
+
+
+def max_norm_bound(dim: int, vp: ValidationParams) -> float:
+    """The largest ``norm_bound`` (after the public scale) validation admits for ``dim``.
+
+    Accepted vectors may be 16·T long, so their squared distances ``4·(16·T)²`` must
+    stay below 2^63; this is the largest binary64 L for which they do (≈ 204.3 with
+    the defaults k = 40, δ = 10^-9). Found by bisection on the exact check, so a
+    configuration at this value passes :func:`check_validated_headroom`'s distance
+    condition and the next float above it does not.
+    """
+    lo, hi = 0.0, 2.0**14.5
+    while True:
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            return lo
+        if _distances_fit(mid, dim, vp):
+            lo = mid
+        else:
+            hi = mid
 
 
 def check_validated_headroom(
@@ -128,12 +162,15 @@ def check_validated_headroom(
     accepted_norm = 16 * T
     if 4 * accepted_norm * accepted_norm >= _LIMIT:
         factor = accepted_norm / honest_norm(params, dim)
-        l_max = (2.0**31.5 / (2 * factor) - math.sqrt(dim) / 2) / 2.0**FRAC_BITS
+        l_max = math.floor(max_norm_bound(dim, vp) * 100) / 100  # rounded down: admissible
         raise EncodingError(
-            f"headroom with input validation: an accepted vector may have norm up to "
-            f"16·T = {accepted_norm:.3e} (slack {factor:.0f}× the honest bound), whose squared "
-            f"distances reach 2^63: lower norm_bound to at most {l_max:.2f} (raise the "
-            "public scale instead of the bound to keep precision), or use fewer projections "
+            f"norm_bound {params.norm_bound!r} is above the limit input validation allows: "
+            f"with validation on (the default; k = {vp.projections} projections, "
+            f"false rejection {vp.false_rejection:g}) and dim {dim}, norm_bound (a bound on "
+            f"scale·x) is limited to {l_max:.2f}, because an accepted vector may have norm "
+            f"up to 16·T = {accepted_norm:.3e} (slack {factor:.0f}× the honest bound) and its "
+            f"squared distances must stay below 2^63: lower norm_bound to at most {l_max:.2f} "
+            "and raise the public scale instead to keep precision, or use fewer projections "
             "or a larger false-rejection rate"
         )
     if n_workers * 2 * T >= _LIMIT:

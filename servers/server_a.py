@@ -23,7 +23,7 @@ from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, sharing, transport
 from secagg.prg import fresh_key
-from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
+from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed, RoundState, Rule
 from secagg.store import StoredOutcome, open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -373,12 +373,18 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
-                if not transient or loop.time() >= give_up:
+                if not transient:
+                    # B refused (e.g. too few workers at the deadline) and says why: a
+                    # round failure with B's reason, not a server error
+                    raise RoundFailed(
+                        f"server B refused to fix the participants: {exc.details()}"
+                    ) from None
+                if loop.time() >= give_up:
                     raise RuntimeError(
                         f"server B could not fix participants: {exc.details()}"
                     ) from exc
                 await asyncio.sleep(0.5)
-        return rnd.fix_participants(list(reply.participants))
+        return rnd.fix_participants(list(reply.participants), mismatched=reply.mismatched)
 
     async def _run_2pc_when_ready(self, rnd: Round, participants: list[str]) -> None:
         """Run the round's 2PC once the session is healthy (waiting up to the MPC timeout).

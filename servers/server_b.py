@@ -105,13 +105,8 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                             f"dim {header.dim} does not match the round's {rnd.config.dim}",
                         )
                     assembler = transport.ChunkAssembler(rnd.config.dim)
-                elif (chunk.round_id and chunk.round_id != header.round_id) or (
-                    chunk.worker_id and chunk.worker_id != header.worker_id
-                ):
-                    raise transport.ProtocolError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "a later chunk names another round or worker: one stream carries one share",
-                    )
+                else:
+                    transport.check_repeated_header(header, chunk)
                 assert assembler is not None
                 assembler.add(chunk.offset, chunk.data)
             if header is None or assembler is None or rnd is None:

@@ -350,8 +350,12 @@ def test_clip_coordinates_then_norm() -> None:
     y = E.clip_to_bounds([10.0, -10.0, 0.0, 1.0], p)
     # coordinate clip gives [3, -3, 0, 1] (norm sqrt 19 ≈ 4.36), then onto the 4-ball
     expect = np.array([3.0, -3.0, 0.0, 1.0]) * (4.0 / math.sqrt(19.0))
-    np.testing.assert_allclose(y, expect, rtol=1e-12)
+    # the encoded integers must meet the bound exactly, and rounding them to 2^-16 can
+    # add up to sqrt(d)/2 units: the result sits just inside, within 2·sqrt(d)/(L·2^17)
+    np.testing.assert_allclose(y, expect, rtol=2 * 2 / (4.0 * 2**17))
     assert np.linalg.norm(y) <= 4.0
+    enc = E.encode(y, p)
+    assert E.sum_of_squares(enc) <= E.norm_limit_squared(p) == 4**2 * 2**32
 
 
 def test_clip_leaves_in_bound_vector_alone() -> None:
@@ -404,3 +408,45 @@ def test_inputs_not_mutated_and_readonly_ok() -> None:
     assert np.array_equal(x, before)
     assert enc.tolist() == [98304, -16384, 20, 6553600, -458752]
     assert dec.flags.writeable and not np.shares_memory(dec, enc)
+
+
+# --- the norm bound, exactly at the limit (SHARE_ENCODING.md §2 step 4, §8.4) -----------
+
+_AT_LIMIT = [2**30 - 1, 46340, 296, 19, 6, 5, 3]  # Σ x̃² = 2^60 = (16384·2^16)² exactly
+
+
+def test_norm_bound_is_exact_on_the_encoded_integers() -> None:
+    p = params(coord_bound=16384.0, norm_bound=16384.0)
+    assert E.norm_limit_squared(p) == 2**60
+    at = np.array(_AT_LIMIT, dtype=np.float64) / 2**16  # exact: x̃ = the integers above
+    assert E.encode(at, p).tolist() == _AT_LIMIT  # equality is within the bound
+    over = at.copy()
+    over[-1] = 4 / 2**16  # Σ x̃² = 2^60 + 7
+    # every float64 evaluation of the norm accepts it; the exact rule refuses it
+    assert float(np.linalg.norm(over)) <= 16384.0
+    assert math.fsum(float(t) * float(t) for t in over) <= 16384.0**2
+    with pytest.raises(EncodingError, match=r"Σ x̃_i² = 1152921504606846983 > "):
+        E.encode(over, p)
+    # order-free: reversed, the same decision
+    assert E.encode(at[::-1].copy(), p).tolist() == _AT_LIMIT[::-1]
+
+
+def test_norm_bound_counts_the_rounding() -> None:
+    # ||t|| < 5 passes a check on t, but rounding makes Σ x̃² exceed (5·2^16)² = 25·2^32
+    p = params(coord_bound=10.0, norm_bound=5.0)
+    t = np.array([3.0, 4.0 - 2**-18 + 2**-20])  # 4·2^16 - 0.25 + 0.0625: rounds to 4·2^16
+    E.encode(t, p)  # x̃ = [3·2^16, 4·2^16]: exactly at the bound
+    up = np.array([3.0 + 2**-17 + 2**-20, 4.0 - 7 * 2**-20])  # x̃ = [3·2^16 + 1, 4·2^16]
+    assert float(np.linalg.norm(up)) < 5.0  # ||t||² = 25 - 2·2^-20 + tiny
+    assert E.encode(up, params(coord_bound=10.0, norm_bound=5.0001)).tolist() == [
+        3 * 2**16 + 1,
+        4 * 2**16,
+    ]
+    with pytest.raises(EncodingError, match="exceeds norm_bound 5.0"):
+        E.encode(up, p)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31), min_size=1, max_size=50))
+def test_sum_of_squares_is_exact(values: list[int]) -> None:
+    assert E.sum_of_squares(np.array(values, dtype=np.int64)) == sum(v * v for v in values)

@@ -315,11 +315,18 @@ def test_too_few_participants_fail_the_round(book: RoundBook) -> None:
     assert empty.state is S.FAILED
 
 
-def test_multi_krum_m_above_participants_fails(book: RoundBook) -> None:
-    rnd = book.open(cfg(rule="multi-krum", m=7))
+def test_multi_krum_m_is_capped_for_the_participants_present(book: RoundBook) -> None:
+    # m = n_expected - f - 2 = 4 is admitted at open; one worker drops out: the round
+    # goes on with the seeds' bound m <= n - f - 2 = 3 for the six present
+    rnd = book.open(cfg(rule="multi-krum", m=4))
     fill(rnd, 7)
-    with pytest.raises(RoundFailed, match="1 <= m <= n"):
-        rnd.fix_participants(WORKERS[:6])
+    assert rnd.fix_participants(WORKERS[:6]) == WORKERS[:6]
+    assert rnd.state is S.PARTICIPANTS_FIXED
+    assert rnd.config.effective_m(7) == 4 and rnd.config.effective_m(6) == 3
+    # validation excluding another one caps it again instead of failing the round
+    assert rnd.exclude([WORKERS[0]], "not well formed") == WORKERS[1:6]
+    assert rnd.state is S.PARTICIPANTS_FIXED and rnd.config.effective_m(5) == 2
+    assert cfg(rule="multi-krum").effective_m(6) == 3  # m = 0: the default n - f - 2
 
 
 def test_quorum_lets_the_round_start_early(book: RoundBook) -> None:
@@ -337,7 +344,8 @@ _BAD_CONFIGS: list[tuple[dict[str, object], str]] = [
     ({"rule": "multi-krum", "n_expected": 6, "f": 2}, r"n >= 2f\+3 = 7"),
     ({"rule": "bulyan", "n_expected": 6, "f": 1}, r"bulyan needs n >= 4f\+3 = 7"),
     ({"rule": "mean", "n_expected": 1, "f": 0}, r"mean needs n >= 2"),
-    ({"rule": "multi-krum", "m": 8}, r"1 <= m <= n = 7, got m=8"),
+    ({"rule": "multi-krum", "m": 8}, r"1 <= m <= n - f - 2 = 4 \(n_expected=7, f=1\), got m=8"),
+    ({"rule": "multi-krum", "m": 5}, r"multi-krum needs 1 <= m <= n - f - 2 = 4"),
     ({"rule": "krum", "m": 2}, r"krum takes no m"),
     ({"quorum": 4}, r"quorum must be within \[5, n_expected=7\]"),
     ({"quorum": 8}, r"quorum must be within"),

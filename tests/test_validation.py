@@ -18,6 +18,7 @@ from secagg.validation import (
     ValidationParams,
     accepted_plain,
     check_validated_headroom,
+    max_norm_bound,
     projection_block,
     threshold,
 )
@@ -85,6 +86,20 @@ def test_headroom_refuses_bounds_that_could_wrap_after_validation():
     check_validated_headroom(
         EncodingParams(scale=1.0, coord_bound=100, norm_bound=150), 20, 10**6, VP
     )
+
+
+@pytest.mark.parametrize("d", [10, 300_000, 1 << 26])
+def test_the_stated_norm_bound_limit_is_exact(d: int) -> None:
+    # the refusal names a limit that is admissible, and the next float above it is not
+    l_max = max_norm_bound(d, VP)
+    assert 204.0 < l_max < 204.4  # the ~200 after scaling the spec states (§2.2)
+    check_validated_headroom(EncodingParams(coord_bound=1.0, norm_bound=l_max), 2, d, VP)
+    above = math.nextafter(l_max, math.inf)
+    with pytest.raises(EncodingError, match=r"limited to (\d+\.\d\d)") as err:
+        check_validated_headroom(EncodingParams(coord_bound=1.0, norm_bound=above), 2, d, VP)
+    stated = float(err.value.args[0].split("lower norm_bound to at most ")[1].split()[0])
+    assert stated <= l_max < stated + 0.01
+    check_validated_headroom(EncodingParams(coord_bound=1.0, norm_bound=stated), 2, d, VP)
 
 
 def test_honest_vectors_at_the_bound_are_never_rejected():
