@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from secagg import transport
 from secagg.rounds import RoundError
+from secagg.store import StateDirError
 
 SERVICE_NAMES = ("secagg.v1.Worker", "secagg.v1.Admin", "secagg.v1.Peer")
 
@@ -256,13 +259,51 @@ def make_server(settings: CommonSettings) -> tuple[grpc.aio.Server, health.aio.H
                 (settings.control_listen, settings.tls.server_credentials(require_client_auth=True))
             )
         for addr, creds in ports:
-            if server.add_secure_port(addr, creds) == 0:
-                raise SystemExit(f"cannot listen on {addr}: is the port in use?")
+            bind_port(addr, lambda a, c=creds: server.add_secure_port(a, c))
     else:
         for addr in filter(None, (settings.listen, settings.control_listen)):
-            if server.add_insecure_port(addr) == 0:
-                raise SystemExit(f"cannot listen on {addr}: is the port in use?")
+            bind_port(addr, server.add_insecure_port)
     return server, hs
+
+
+def bind_port(addr: str, add: Callable[[str], int]) -> int:
+    """``add(addr)`` (a gRPC server's add_*_port), or exit with one line saying why.
+
+    gRPC returns 0 or raises RuntimeError when the address is taken; with port reuse
+    off (``transport.server_options``) that includes a second server on the same port.
+    """
+    try:
+        port = add(addr)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise SystemExit(
+            f"cannot listen on {addr}: the port is in use (another server already runs "
+            "there?) or the address is not local; stop the other process or choose "
+            "another address"
+        )
+    return port
+
+
+@contextlib.contextmanager
+def starting(name: str) -> Iterator[None]:
+    """Start-up: turn a failure into one line saying what and what to do, no traceback.
+
+    Wraps what a server does before it serves (reading its files, taking its state
+    directory and ports). Anything else still gets a traceback: it is a bug.
+    """
+    try:
+        yield
+    except StateDirError as exc:
+        raise SystemExit(f"{name} cannot start: {exc}") from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SystemExit(
+            f"{name} cannot start: {exc.strerror or exc}{where}: check the path given in "
+            "its flags or environment and the file's permissions"
+        ) from None
+    except ValueError as exc:  # e.g. a token file that is not the expected JSON
+        raise SystemExit(f"{name} cannot start: {exc}: fix its flags or files") from None
 
 
 async def set_health(hs: health.aio.HealthServicer, serving: bool) -> None:

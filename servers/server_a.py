@@ -532,13 +532,16 @@ def _expand_seeds(seeds: list[bytes], out: np.ndarray) -> np.ndarray:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = common.common_settings(args, "server-a")
-    common.setup_logging(settings.log_level)
-    common.tune_memory()
-    tokens = transport.TokenStore.load(Path(args.worker_tokens))
-    admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
-    server, hs = common.make_server(settings)
-    svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
+    with common.starting("server-a"):  # a failure here: one line, no traceback
+        settings = common.common_settings(args, "server-a")
+        common.setup_logging(settings.log_level)
+        common.tune_memory()
+        tokens = transport.TokenStore.load(Path(args.worker_tokens))
+        admin_token = (
+            Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
+        )
+        server, hs = common.make_server(settings)
+        svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
     svc.health = hs  # the session keeper reports NOT_SERVING while it rebuilds
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Admin")
