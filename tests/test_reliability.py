@@ -343,6 +343,77 @@ def test_resubmission_is_a_no_op_and_the_first_write_wins(dep: LocalDeployment) 
     assert refused(lambda: replay.to_a(dep)) == grpc.StatusCode.ALREADY_EXISTS
 
 
+def _received(dep: LocalDeployment, rid: str, server: str) -> int:
+    return int(status(dep, rid, server).received)
+
+
+def _wait_until(cond, what: str, timeout_s: float = 120) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_worker_completes_a_half_done_submission(dep: LocalDeployment) -> None:
+    """B is down after A stored the seed: calling submit() again completes it."""
+    n, ids = 3, IDS[:3]
+    X = vectors(12, n)
+    rid = open_round(dep, "mean", 0, n)
+    dep.kill("server-b")
+    c = SecAggClient(
+        dep.addr_a,
+        dep.addr_b,
+        ids[0],
+        dep.tokens[ids[0]],
+        tls=dep.worker_tls(),
+        timeout_s=30,
+        retries=0,
+        retry_until_deadline=False,
+    )
+    with c:
+        with pytest.raises(SecAggClientError) as err:
+            c.submit(rid, X[0], PARAMS)
+        assert err.value.server == "server-b"
+        assert _received(dep, rid, "a") == 1  # A holds the seed
+        # a second vector is refused locally: B must never see two shares of one seed
+        with pytest.raises(SecAggClientError, match="unfinished submission"):
+            c.submit(rid, X[1], PARAMS)
+        dep.spawn("server-b")
+        dep.wait_healthy(120)
+        got = c.submit(rid, X[0], PARAMS)  # the same call again: it completes
+    assert got.server_a.submission_id == got.server_b.submission_id
+    submit_all(dep, rid, X[1:], ids[1:])
+    agg = result(dep, rid)
+    np.testing.assert_array_equal(agg.vector, expected(X, "mean", 0)[1])
+    assert list(status(dep, rid, "b").participants) == ids
+
+
+def test_a_worker_rides_out_a_server_outage_within_the_deadline(dep: LocalDeployment) -> None:
+    """With default retries, a B restart during the upload does not exclude anyone."""
+    n, ids = 3, IDS[:3]
+    X = vectors(13, n)
+    rid = open_round(dep, "mean", 0, n, deadline_s=300)
+    dep.kill("server-b")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        def submit_one() -> object:
+            with client(dep, ids[0]) as c:
+                return c.submit(rid, X[0], PARAMS)
+
+        pending = pool.submit(submit_one)
+        # the seed is in: the worker is now retrying B, which stays down a while
+        _wait_until(lambda: _received(dep, rid, "a") == 1, "A to hold the seed")
+        assert not pending.done()
+        dep.spawn("server-b")
+        dep.wait_healthy(120)
+        got = pending.result(timeout=300)
+    assert got.worker_id == ids[0]  # type: ignore[attr-defined]
+    submit_all(dep, rid, X[1:], ids[1:])
+    agg = result(dep, rid)
+    np.testing.assert_array_equal(agg.vector, expected(X, "mean", 0)[1])
+    assert list(status(dep, rid, "b").participants) == ids
+
+
 def test_thirty_concurrent_workers(dep: LocalDeployment) -> None:
     n, f, dim = 30, 3, 10_000
     ids = IDS[:n]
