@@ -316,6 +316,23 @@ class SessionKeeper:
             except Exception as exc:
                 self.mark_broken(f"the dealer did not answer a ping: {type(exc).__name__}: {exc}")
 
+    async def confirm_peer(self) -> bool:
+        """Just before a 2PC (mpc_lock held): is B still in this session's epoch?
+
+        The probe runs once a second, so a B that restarted moments ago may not have
+        been noticed yet; a 2PC started then fails at once ("B's MPC session is not
+        up yet"). An unreachable B proves nothing (the 2PC finds out, and the round
+        is run again after the rebuild).
+        """
+        reply = await self._call_b("", join=False)
+        if reply is not None and reply.epoch != self.epoch:
+            self.mark_broken(
+                f"server B is not in session {self.epoch} (it reports "
+                f"{reply.epoch or 'none'}, {reply.state}): it restarted or left"
+            )
+            return False
+        return True
+
     async def sync_failures(self) -> None:
         """Tell B about rounds A failed while B could not be reached (idempotent on B)."""
         h = self.host
