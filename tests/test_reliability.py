@@ -8,8 +8,12 @@ the plaintext reference on the same encoded inputs.
 * durability: shares accepted before A or B is killed (during collection) are in the
   round after the restart, and identical retries get the very same receipt;
 * A killed during the 2PC: the restarted A resumes and finishes the round;
-* the dealer or B killed during the 2PC: the round fails with a reason on both
-  servers, the session is rebuilt, and the next round succeeds;
+* the dealer or B killed during the 2PC: the session is rebuilt and the round runs
+  again from its fixed participants (every share is durable), then the next round;
+* OpenRound is atomic (a caller giving up while B hangs still gets the round on both)
+  and needs no MPC session (a round opened during a rebuild runs once it is back);
+* a half-done submission is completed by calling submit() again, and a worker rides
+  out a server restart within the round's deadline (issue #17);
 * dropouts: a worker that reached one server is excluded by both, with the reason in
   the status; a quorum starts a round early; too few participants fail it, saying why;
 * idempotent and first-write-wins submissions at the service level;
@@ -67,7 +71,7 @@ def all_up(dep: LocalDeployment) -> None:
     for name in PARTIES:
         if dep.procs[name].poll() is not None:
             dep.spawn(name)
-    dep.wait_healthy(120)
+    dep.wait_healthy(300)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -124,7 +128,7 @@ def submit_all(dep: LocalDeployment, rid: str, X: np.ndarray, ids: list[str]) ->
             c.submit(rid, row, PARAMS)
 
 
-def result(dep: LocalDeployment, rid: str, timeout_s: float = 120) -> object:
+def result(dep: LocalDeployment, rid: str, timeout_s: float = 300) -> object:
     with client(dep, IDS[0]) as c:
         return c.wait_for_result(rid, timeout_s=timeout_s)
 
@@ -135,7 +139,7 @@ def status(dep: LocalDeployment, rid: str, server: str) -> pb.RoundStatus:
 
 
 def wait_for_state(
-    dep: LocalDeployment, rid: str, states: set[S], timeout_s: float = 60
+    dep: LocalDeployment, rid: str, states: set[S], timeout_s: float = 180
 ) -> pb.RoundStatus:
     end = time.monotonic() + timeout_s
     with client(dep, IDS[0]) as c:
@@ -191,7 +195,7 @@ def refused(fn) -> grpc.StatusCode:  # noqa: ANN001
 def restart(dep: LocalDeployment, name: str) -> None:
     dep.kill(name)  # SIGKILL: no clean-up at all
     dep.spawn(name)
-    dep.wait_healthy(120)
+    dep.wait_healthy(300)
 
 
 # ------------------------------------------------------------------------ tests
@@ -358,8 +362,8 @@ def test_quorum_starts_the_round_before_the_deadline(dep: LocalDeployment) -> No
     t0 = time.monotonic()
     rid = open_round(dep, "mean", 0, 8, quorum=3, deadline_s=600)
     submit_all(dep, rid, X, IDS[:3])
-    agg = result(dep, rid, timeout_s=60)
-    assert time.monotonic() - t0 < 60
+    agg = result(dep, rid, timeout_s=300)
+    assert time.monotonic() - t0 < 300  # the quorum, not the 600 s deadline, started it
     _, want = expected(X, "mean", 0)
     np.testing.assert_array_equal(agg.vector, want)
 
@@ -371,7 +375,7 @@ def test_below_the_rules_minimum_the_round_fails_with_the_reason(
     rid = open_round(dep, "krum", 1, 7, deadline_s=3.0)  # Krum with f=1 needs 5
     submit_all(dep, rid, X, IDS[:4])
     with pytest.raises(SecAggClientError) as err:
-        result(dep, rid, timeout_s=60)
+        result(dep, rid, timeout_s=300)
     assert "needs at least 5" in err.value.details
     for server in ("a", "b"):
         st = status(dep, rid, server)
@@ -433,7 +437,7 @@ def test_a_worker_completes_a_half_done_submission(dep: LocalDeployment) -> None
         with pytest.raises(SecAggClientError, match="unfinished submission"):
             c.submit(rid, X[1], PARAMS)
         dep.spawn("server-b")
-        dep.wait_healthy(120)
+        dep.wait_healthy(300)
         got = c.submit(rid, X[0], PARAMS)  # the same call again: it completes
     assert got.server_a.submission_id == got.server_b.submission_id
     submit_all(dep, rid, X[1:], ids[1:])
@@ -459,7 +463,7 @@ def test_a_worker_rides_out_a_server_outage_within_the_deadline(dep: LocalDeploy
         _wait_until(lambda: _received(dep, rid, "a") == 1, "A to hold the seed")
         assert not pending.done()
         dep.spawn("server-b")
-        dep.wait_healthy(120)
+        dep.wait_healthy(300)
         got = pending.result(timeout=300)
     assert got.worker_id == ids[0]  # type: ignore[attr-defined]
     submit_all(dep, rid, X[1:], ids[1:])
@@ -504,10 +508,13 @@ def test_recovery_over_the_mtls_transport(tmp_path_factory: pytest.TempPathFacto
             submit_all(d, rid, X, ids)
             assert S.from_proto(wait_for_state(d, rid, {S.REVEAL, S.DONE}).state) is S.REVEAL
             d.kill(victim)
-            with pytest.raises(SecAggClientError, match="the 2PC failed"):
-                result(d, rid, timeout_s=60)
             d.spawn(victim)
-            d.wait_healthy(120)
+            # run again on the rebuilt session, from the durable shares
+            agg = result(d, rid, timeout_s=300)
+            sel, want = expected(X, "bulyan", f)
+            assert list(agg.selected) == [ids[i] for i in sel]
+            np.testing.assert_array_equal(agg.vector, want)
+            d.wait_healthy(300)
         X2 = vectors(11, 7)
         rid2 = open_round(d, "krum", 1, 7)
         submit_all(d, rid2, X2, IDS[:7])
