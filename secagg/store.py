@@ -44,6 +44,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -268,6 +269,16 @@ class SqliteStore:
             raise RuntimeError(
                 f"{self.path} holds the state of {rows.get('server')!r}, not {self.server!r}: "
                 "give each server its own --state-dir"
+            )
+
+    def probe_write(self) -> None:
+        """One small durable write (fsynced like a submission): raises if the disk
+        cannot take it. The servers' health reports NOT_SERVING meanwhile."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES ('probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(time.time_ns()),),
             )
 
     def flush(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -10,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,14 +308,62 @@ def starting(name: str) -> Iterator[None]:
         raise SystemExit(f"{name} cannot start: {exc}: fix its flags or files") from None
 
 
-async def set_health(hs: health.aio.HealthServicer, serving: bool) -> None:
+#: Each health servicer's open problems: what -> why (why it is NOT_SERVING).
+_PROBLEMS: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+async def report_health(hs: health.aio.HealthServicer, what: str, problem: str | None) -> None:
+    """Record (``problem``) or clear (None) one reason for NOT_SERVING.
+
+    A server is SERVING when nothing is wrong: its MPC session ("mpc"), its peer
+    ("peer", server A's heartbeat of B) and its disk ("store"). Each change is logged
+    with every reason, since the health protocol itself carries none.
+    """
+    problems = _PROBLEMS.setdefault(hs, {})
+    before = dict(problems)
+    if problem is None:
+        problems.pop(what, None)
+    else:
+        problems[what] = problem
     status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
+        health_pb2.HealthCheckResponse.NOT_SERVING
+        if problems
+        else health_pb2.HealthCheckResponse.SERVING
     )
+    if problems != before:
+        logging.getLogger("secagg.health").info(
+            json.dumps({"event": "health", "serving": not problems, "reasons": problems})
+        )
     for name in ("", *SERVICE_NAMES):
         await hs.set(name, status)
+
+
+async def set_health(hs: health.aio.HealthServicer, serving: bool) -> None:
+    """The MPC session is up (or not): see :func:`report_health`."""
+    await report_health(hs, "mpc", None if serving else "the MPC session is not up")
+
+
+async def watch_store(
+    hs: health.aio.HealthServicer, store: Any, where: str, interval_s: float = 2.0
+) -> None:
+    """Report NOT_SERVING while the state store cannot write (full or failed disk).
+
+    Every ``interval_s`` one small durable write (``store.probe_write``), off the
+    event loop; a server that cannot persist would refuse every submission.
+    """
+    while True:
+        try:
+            await asyncio.to_thread(store.probe_write)
+        except Exception as exc:  # sqlite3.Error, OSError: the disk said no
+            await report_health(
+                hs,
+                "store",
+                f"cannot write its state in {where} ({type(exc).__name__}: {exc}): free or "
+                "fix the disk; submissions are refused meanwhile",
+            )
+        else:
+            await report_health(hs, "store", None)
+        await asyncio.sleep(interval_s)
 
 
 def client_channel(target: str, tls: transport.TlsConfig | None) -> grpc.aio.Channel:
@@ -371,11 +421,17 @@ async def serve_until_terminated(
     logging.getLogger(f"secagg.{name}").info(
         '{"event": "listening", "server": "%s", "addr": "%s"}', name, listen
     )
+    store = getattr(svc, "store", None)
+    watcher = None
+    if store is not None:
+        watcher = asyncio.create_task(watch_store(hs, store, str(store.path.parent)))
     try:
         await svc.start_mpc()
         await set_health(hs, True)
         await server.wait_for_termination()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await svc.close()
         await server.stop(2)
 

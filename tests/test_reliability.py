@@ -472,6 +472,22 @@ def test_a_worker_rides_out_a_server_outage_within_the_deadline(dep: LocalDeploy
     assert list(status(dep, rid, "b").participants) == ids
 
 
+def test_a_hung_server_b_shows_in_a_health_within_seconds(dep: LocalDeployment) -> None:
+    """SIGSTOP: no error anywhere, only silence; A's heartbeat notices (issue #17)."""
+    b = dep.procs["server-b"]
+    b.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        _wait_until(lambda: not dep.health("server-a"), "A to report B hung", timeout_s=90)
+        took = time.monotonic() - t0
+    finally:
+        b.send_signal(signal.SIGCONT)
+    # ~10 s of silence, plus a heartbeat's own timeout, plus a loaded machine
+    assert took < 45, took
+    assert "server B has not answered for" in dep.log_text("server-a")
+    _wait_until(lambda: dep.health("server-a"), "A to be SERVING again", timeout_s=120)
+
+
 def test_thirty_concurrent_workers(dep: LocalDeployment) -> None:
     n, f, dim = 30, 3, 10_000
     ids = IDS[:n]
