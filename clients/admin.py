@@ -6,7 +6,10 @@ PKI) is what server A authorises. Used by the CLI and the tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import grpc
 
@@ -16,6 +19,8 @@ from secagg.transport import TlsConfig, make_channel
 from secagg.v1 import secagg_pb2, secagg_pb2_grpc
 
 __all__ = ["AdminClient"]
+
+T = TypeVar("T")
 
 
 class AdminClient:
@@ -29,7 +34,13 @@ class AdminClient:
         The operator's TLS material (CA, certificate, key); None for a plaintext
         local setup.
     timeout_s
-        Deadline of each call.
+        Deadline of each attempt; longer than server A's forward of OpenRound to B
+        (20 s), so that A's answer arrives.
+    retries, backoff_s, max_backoff_s
+        A call answered UNAVAILABLE (server A restarting, a connection reset) is tried
+        again up to ``retries`` times, after ``backoff_s`` doubling up to
+        ``max_backoff_s`` (with jitter). Every Admin call is safe to repeat: opening
+        the same configuration again returns the same round.
     server_name
         Name expected in server A's certificate if it differs from the host in
         ``server_a``.
@@ -42,12 +53,18 @@ class AdminClient:
         self,
         server_a: str,
         tls: TlsConfig | None = None,
-        timeout_s: float = 30,
+        timeout_s: float = 60,
         *,
         server_name: str | None = None,
         token: str | None = None,
+        retries: int = 6,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
     ) -> None:
         self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
         self._md = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = make_channel(server_a, tls, server_name=server_name)
         self._stub = secagg_pb2_grpc.AdminStub(self._channel)
@@ -60,6 +77,20 @@ class AdminClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried on UNAVAILABLE with bounded exponential backoff."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code is not grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise client_error_from_rpc(exc, "server-a", what, attempt + 1) from None
+                time.sleep(min(delay, self.max_backoff_s) * (1.0 + 0.25 * random.random()))
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def open_round(self, config: RoundConfig | secagg_pb2.RoundConfig) -> secagg_pb2.RoundStatus:
         """Open a round on server A (which forwards it to server B).
@@ -81,10 +112,10 @@ class AdminClient:
             msg = config.to_proto()
         else:
             msg = config
-        try:
-            return self._stub.OpenRound(msg, timeout=self.timeout_s, metadata=self._md)
-        except grpc.RpcError as exc:
-            raise client_error_from_rpc(exc, "server-a", "OpenRound") from None
+        return self._call(
+            "OpenRound",
+            lambda: self._stub.OpenRound(msg, timeout=self.timeout_s, metadata=self._md),
+        )
 
     def list_rounds(
         self, states: Iterable[RoundState] = (), limit: int = 0
@@ -93,18 +124,17 @@ class AdminClient:
         req = secagg_pb2.ListRoundsRequest(
             states=[RoundState(s).to_proto() for s in states], limit=limit
         )
-        try:
-            return list(
-                self._stub.ListRounds(req, timeout=self.timeout_s, metadata=self._md).rounds
-            )
-        except grpc.RpcError as exc:
-            raise client_error_from_rpc(exc, "server-a", "ListRounds") from None
+        return list(
+            self._call(
+                "ListRounds",
+                lambda: self._stub.ListRounds(req, timeout=self.timeout_s, metadata=self._md),
+            ).rounds
+        )
 
     def get_round_report(self, round_id: str) -> secagg_pb2.RoundReport:
         """The round's status, the distance matrix server A saw, and the selection."""
-        try:
-            return self._stub.GetRoundReport(
-                secagg_pb2.RoundRef(round_id=round_id), timeout=self.timeout_s, metadata=self._md
-            )
-        except grpc.RpcError as exc:
-            raise client_error_from_rpc(exc, "server-a", "GetRoundReport") from None
+        ref = secagg_pb2.RoundRef(round_id=round_id)
+        return self._call(
+            "GetRoundReport",
+            lambda: self._stub.GetRoundReport(ref, timeout=self.timeout_s, metadata=self._md),
+        )

@@ -26,7 +26,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -143,6 +143,16 @@ def _receipt(msg: secagg_pb2.Receipt) -> Receipt:
     )
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A submission that has not got both receipts yet: what a retry resends."""
+
+    submission_id: str
+    digest: bytes  # of the encoded vector: a retry must carry the same one
+    shares: sharing.WorkerShares = field(repr=False)
+    receipt_a: secagg_pb2.Receipt | None = None
+
+
 @dataclass(frozen=True)
 class SubmissionReceipt:
     """Both servers' receipts for one submission (digests already verified)."""
@@ -184,6 +194,10 @@ class SecAggClient:
         Deadline of each attempt of each call (an upload counts as one call).
     retries
         Extra attempts after UNAVAILABLE or DEADLINE_EXCEEDED, with exponential backoff.
+    retry_until_deadline
+        :meth:`submit` keeps retrying those failures past ``retries``, with backoff,
+        until the round's deadline: a server that is back before it gets the
+        submission, and the worker is not excluded for the outage.
     """
 
     def __init__(
@@ -199,6 +213,7 @@ class SecAggClient:
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         server_names: tuple[str | None, str | None] = (None, None),
+        retry_until_deadline: bool = True,
     ) -> None:
         try:
             check_id("worker_id", worker_id)
@@ -213,6 +228,10 @@ class SecAggClient:
         self.retries = int(retries)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.retry_until_deadline = retry_until_deadline
+        # unfinished submissions, kept so that submit() can complete them (see submit)
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._unfinished: dict[str, str] = {}  # round id -> its unfinished submission id
         self._metadata = worker_metadata(worker_id, token)
         self._chan_a = make_channel(server_a, tls, server_name=server_names[0])
         self._chan_b = make_channel(server_b, tls, server_name=server_names[1])
@@ -237,14 +256,31 @@ class SecAggClient:
         self.close()
 
     # ------------------------------------------------------------------ plumbing
-    def _call(self, server: str, what: str, fn: Callable[[], T]) -> T:
+    def _call(
+        self,
+        server: str,
+        what: str,
+        fn: Callable[[], T],
+        until: Callable[[], float | None] | None = None,
+    ) -> T:
+        """``fn()``, retried with backoff on RETRYABLE codes: ``retries`` times, and
+        beyond while ``time.monotonic()`` is before ``until()`` (asked once, when the
+        retries run out; None: no further)."""
         delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        limit: float | None = None
+        attempt = 0
+        while True:
             try:
                 return fn()
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
-                if code in RETRYABLE and attempt < self.retries:
+                if code in RETRYABLE and attempt >= self.retries and until is not None:
+                    if limit is None:
+                        limit = until() or 0.0
+                    more = time.monotonic() + min(delay, self.max_backoff_s) < limit
+                else:
+                    more = attempt < self.retries
+                if code in RETRYABLE and more:
                     # jitter keeps many workers from retrying in lockstep
                     pause = min(delay, self.max_backoff_s) * (1.0 + 0.25 * random.random())
                     log.info(
@@ -258,9 +294,22 @@ class SecAggClient:
                     )
                     time.sleep(pause)
                     delay *= 2
+                    attempt += 1
                     continue
                 raise client_error_from_rpc(exc, server, what, attempt + 1) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _round_deadline(self, round_id: str) -> float | None:
+        """The round's deadline on the monotonic clock, from whichever server answers
+        (one attempt each); None if neither does or the round has none."""
+        req = secagg_pb2.RoundRef(round_id=round_id)
+        for stub in (self._a, self._b):
+            try:
+                st = stub.GetRoundStatus(req, timeout=self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError:
+                continue
+            ms = int(st.config.deadline_unix_ms)
+            return time.monotonic() + (ms / 1000.0 - time.time()) if ms else None
+        return None
 
     # ------------------------------------------------------------------- worker API
     def status(self, round_id: str, server: str = "a") -> secagg_pb2.RoundStatus:
@@ -306,7 +355,17 @@ class SecAggClient:
 
         The seed goes to server A, the share to server B; retries resend the very same
         seed and share under the same ``submission_id``, so the servers treat them as
-        one submission. A new call draws a new seed (never reuse one).
+        one submission.
+
+        Submissions are resumable: if a call fails half-way (e.g. A stored the seed,
+        then B stayed unreachable), calling ``submit`` again for the same round with
+        the same vector (and the same ``submission_id``, or none) completes that
+        submission: this client resends the seed and share it kept, which the servers
+        accept as the identical retry they are, instead of drawing a new seed that A
+        would refuse. A different vector is refused locally while the round has an
+        unfinished submission: under one seed, two shares for B would reveal the
+        difference of the two vectors to B. What was kept is dropped once both
+        receipts are in (``proto/SHARE_ENCODING.md`` §3).
 
         Parameters
         ----------
@@ -321,8 +380,8 @@ class SecAggClient:
             Clip to the round's bounds first (:func:`secagg.encoding.clip_to_bounds`)
             instead of failing on an out-of-bounds vector.
         submission_id
-            Idempotency key; a random one if None. Pass the same one only together
-            with the same seed and share, i.e. never across calls.
+            Idempotency key; if None, the round's unfinished submission's (see above)
+            or a random one.
 
         Returns
         -------
@@ -348,9 +407,9 @@ class SecAggClient:
             x_enc = encoding.encode(x, params)
         except encoding.EncodingError as exc:
             raise SecAggClientError(f"cannot encode the vector: {exc}") from None
-        shares = sharing.split(x_enc)
+        job = self._pending_for(round_id, submission_id, payload_digest(x_enc), x_enc)
         del x_enc
-        sid = submission_id or uuid.uuid4().hex
+        sid, shares = job.submission_id, job.shares
         seed_msg = secagg_pb2.SeedSubmission(
             round_id=round_id,
             worker_id=self.worker_id,
@@ -358,11 +417,23 @@ class SecAggClient:
             dim=int(shares.share_b.shape[0]),
             submission_id=sid,
         )
-        receipt_a = self._call(
-            "server-a",
-            "SubmitSeed",
-            lambda: self._a.SubmitSeed(seed_msg, timeout=self.timeout_s, metadata=self._metadata),
-        )
+        until = (lambda: self._round_deadline(round_id)) if self.retry_until_deadline else None
+        try:
+            receipt_a = job.receipt_a or self._call(
+                "server-a",
+                "SubmitSeed",
+                lambda: self._a.SubmitSeed(
+                    seed_msg, timeout=self.timeout_s, metadata=self._metadata
+                ),
+                until,
+            )
+        except SecAggClientError as exc:
+            if exc.code not in RETRYABLE:
+                # A answered, and refused: it holds no seed of this submission and B
+                # was sent nothing, so there is nothing to complete
+                self._forget(round_id, sid)
+            raise
+        job.receipt_a = receipt_a
         # a fresh generator per attempt: a half-consumed stream cannot be resent
         receipt_b = self._call(
             "server-b",
@@ -372,9 +443,11 @@ class SecAggClient:
                 timeout=self.timeout_s,
                 metadata=self._metadata,
             ),
+            until,
         )
         self._check_receipt("server-a", receipt_a, payload_digest(shares.seed), round_id, sid)
         self._check_receipt("server-b", receipt_b, payload_digest(shares.share_b), round_id, sid)
+        self._forget(round_id, sid)  # complete: the seed is kept no longer than needed
         return SubmissionReceipt(
             round_id=round_id,
             worker_id=self.worker_id,
@@ -382,6 +455,39 @@ class SecAggClient:
             server_a=_receipt(receipt_a),
             server_b=_receipt(receipt_b),
         )
+
+    def _pending_for(
+        self, round_id: str, submission_id: str | None, digest: bytes, x_enc: np.ndarray
+    ) -> _Pending:
+        """The submission this call sends: the unfinished one it completes, or a new
+        one with a fresh seed (kept until both receipts are in)."""
+        sid = submission_id or self._unfinished.get(round_id) or uuid.uuid4().hex
+        job = self._pending.get((round_id, sid))
+        if job is not None:
+            if not hmac.compare_digest(job.digest, digest):
+                raise SecAggClientError(
+                    f"round {round_id!r} has an unfinished submission ({sid}) of another "
+                    "vector, which a server may already hold: submit that same vector "
+                    "again to complete it (a second vector under its seed would leak the "
+                    "difference of the two to server B)"
+                )
+            return job
+        unfinished = self._unfinished.get(round_id)
+        if unfinished is not None and unfinished != sid:
+            raise SecAggClientError(
+                f"round {round_id!r} has an unfinished submission ({unfinished}): submit "
+                "the same vector again without a submission_id (or with that one) to "
+                "complete it; a server may already hold half of it"
+            )
+        job = _Pending(sid, digest, sharing.split(x_enc))
+        self._pending[(round_id, sid)] = job
+        self._unfinished[round_id] = sid
+        return job
+
+    def _forget(self, round_id: str, sid: str) -> None:
+        self._pending.pop((round_id, sid), None)
+        if self._unfinished.get(round_id) == sid:
+            del self._unfinished[round_id]
 
     def _check_receipt(
         self, server: str, msg: secagg_pb2.Receipt, digest: bytes, round_id: str, sid: str

@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -63,7 +65,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "RoundStore",
     "SqliteStore",
+    "StateDirError",
     "StoredOutcome",
+    "lock_state_dir",
     "open_store",
 ]
 
@@ -209,6 +213,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.server = server
+        self.lock_fd: int | None = None  # open_store's lock on the directory
         # create the file 0600 before SQLite opens it with the umask's mode
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
@@ -266,6 +271,16 @@ class SqliteStore:
                 "give each server its own --state-dir"
             )
 
+    def probe_write(self) -> None:
+        """One small durable write (fsynced like a submission): raises if the disk
+        cannot take it. The servers' health reports NOT_SERVING meanwhile."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES ('probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(time.time_ns()),),
+            )
+
     def flush(self) -> None:
         """Wait until every scheduled payload erasure is done (tests, shutdown)."""
         self._purger.submit(lambda: None).result()
@@ -274,6 +289,9 @@ class SqliteStore:
         self._purger.shutdown(wait=True)
         with self._lock:
             self._db.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def _schedule_purge(self, round_id: str) -> None:
         with contextlib.suppress(RuntimeError):  # shut down: the next start erases them
@@ -415,11 +433,75 @@ class SqliteStore:
         return out
 
 
+class StateDirError(RuntimeError):
+    """The state directory cannot be used: the message says why and what to do."""
+
+
+#: The lock file in a state directory; held (``flock``) for as long as a server runs.
+LOCK_NAME = "LOCK"
+
+
+def lock_state_dir(state_dir: str | os.PathLike[str], server: str) -> int:
+    """Take ``state_dir`` for this process, exclusively; returns the lock's descriptor.
+
+    Two servers on one state directory would both restore its open rounds and hand
+    out receipts for the same submissions (issue #17). The lock is an ``flock`` on
+    ``<state_dir>/LOCK``: the kernel drops it when the process dies, so a killed
+    server leaves no stale lock behind. The file names the holder's pid, for the
+    message. Keep the descriptor open for the life of the process.
+
+    Raises
+    ------
+    StateDirError
+        If another process holds the directory, or it cannot be created or written.
+    """
+    d = Path(state_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(d / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise StateDirError(
+            f"cannot use the state directory {str(d)!r}: {exc.strerror or exc}; make it a "
+            "writable directory for this user, or choose another --state-dir"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateDirError(
+            f"the state directory {str(d)!r} is in use by another server (pid {holder}): "
+            f"stop that one first, or give this {server} its own --state-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {server}\n".encode(), 0)
+    return fd
+
+
 def open_store(state_dir: str | os.PathLike[str] | None, server: str) -> SqliteStore | None:
-    """The server's store under ``state_dir``, or None (no persistence) if unset."""
+    """The server's store under ``state_dir`` (locked for this process), or None.
+
+    Raises
+    ------
+    StateDirError
+        If the directory is taken by another process or unusable (see
+        :func:`lock_state_dir`), or the database cannot be opened.
+    """
     if not state_dir:
         return None
+    lock = lock_state_dir(state_dir, server)
     path = Path(state_dir) / f"{server}.db"
-    store = SqliteStore(path, server)
+    try:
+        store = SqliteStore(path, server)
+    except (OSError, sqlite3.Error) as exc:
+        os.close(lock)
+        raise StateDirError(
+            f"cannot open the state database {str(path)!r}: {exc}; check the disk and "
+            "the file's permissions, or choose another --state-dir"
+        ) from None
+    except RuntimeError as exc:  # another server's state, or another schema version
+        os.close(lock)
+        raise StateDirError(str(exc)) from None
+    store.lock_fd = lock  # held until the process exits
     log.info(json.dumps({"event": "state_store", "server": server, "path": str(path)}))
     return store

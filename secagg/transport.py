@@ -127,8 +127,13 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 
 def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Options for ``grpc.server``: the same 4 MiB caps as :func:`channel_options`."""
-    return channel_options(max_message_bytes)
+    """Options for ``grpc.server``: the same 4 MiB caps as :func:`channel_options`.
+
+    Port reuse is off: with gRPC's default ``SO_REUSEPORT`` a second server started
+    on the same port binds too and the kernel splits connections between the two
+    (issue #17); without it the second one fails to start and says so.
+    """
+    return [*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)]
 
 
 # ---------------------------------------------------------------------------- PKI

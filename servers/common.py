@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import sys
 import time
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from secagg import transport
 from secagg.rounds import RoundError
+from secagg.store import StateDirError
 
 SERVICE_NAMES = ("secagg.v1.Worker", "secagg.v1.Admin", "secagg.v1.Peer")
 
@@ -271,23 +276,109 @@ def make_server(settings: CommonSettings) -> tuple[grpc.aio.Server, health.aio.H
                 (settings.control_listen, settings.tls.server_credentials(require_client_auth=True))
             )
         for addr, creds in ports:
-            if server.add_secure_port(addr, creds) == 0:
-                raise SystemExit(f"cannot listen on {addr}: is the port in use?")
+            bind_port(addr, lambda a, c=creds: server.add_secure_port(a, c))
     else:
         for addr in filter(None, (settings.listen, settings.control_listen)):
-            if server.add_insecure_port(addr) == 0:
-                raise SystemExit(f"cannot listen on {addr}: is the port in use?")
+            bind_port(addr, server.add_insecure_port)
     return server, hs
 
 
-async def set_health(hs: health.aio.HealthServicer, serving: bool) -> None:
+def bind_port(addr: str, add: Callable[[str], int]) -> int:
+    """``add(addr)`` (a gRPC server's add_*_port), or exit with one line saying why.
+
+    gRPC returns 0 or raises RuntimeError when the address is taken; with port reuse
+    off (``transport.server_options``) that includes a second server on the same port.
+    """
+    try:
+        port = add(addr)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise SystemExit(
+            f"cannot listen on {addr}: the port is in use (another server already runs "
+            "there?) or the address is not local; stop the other process or choose "
+            "another address"
+        )
+    return port
+
+
+@contextlib.contextmanager
+def starting(name: str) -> Iterator[None]:
+    """Start-up: turn a failure into one line saying what and what to do, no traceback.
+
+    Wraps what a server does before it serves (reading its files, taking its state
+    directory and ports). Anything else still gets a traceback: it is a bug.
+    """
+    try:
+        yield
+    except StateDirError as exc:
+        raise SystemExit(f"{name} cannot start: {exc}") from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SystemExit(
+            f"{name} cannot start: {exc.strerror or exc}{where}: check the path given in "
+            "its flags or environment and the file's permissions"
+        ) from None
+    except ValueError as exc:  # e.g. a token file that is not the expected JSON
+        raise SystemExit(f"{name} cannot start: {exc}: fix its flags or files") from None
+
+
+#: Each health servicer's open problems: what -> why (why it is NOT_SERVING).
+_PROBLEMS: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+async def report_health(hs: health.aio.HealthServicer, what: str, problem: str | None) -> None:
+    """Record (``problem``) or clear (None) one reason for NOT_SERVING.
+
+    A server is SERVING when nothing is wrong: its MPC session ("mpc"), its peer
+    ("peer", server A's heartbeat of B) and its disk ("store"). Each change is logged
+    with every reason, since the health protocol itself carries none.
+    """
+    problems = _PROBLEMS.setdefault(hs, {})
+    before = dict(problems)
+    if problem is None:
+        problems.pop(what, None)
+    else:
+        problems[what] = problem
     status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
+        health_pb2.HealthCheckResponse.NOT_SERVING
+        if problems
+        else health_pb2.HealthCheckResponse.SERVING
     )
+    if problems != before:
+        logging.getLogger("secagg.health").info(
+            json.dumps({"event": "health", "serving": not problems, "reasons": problems})
+        )
     for name in ("", *SERVICE_NAMES):
         await hs.set(name, status)
+
+
+async def set_health(hs: health.aio.HealthServicer, serving: bool) -> None:
+    """The MPC session is up (or not): see :func:`report_health`."""
+    await report_health(hs, "mpc", None if serving else "the MPC session is not up")
+
+
+async def watch_store(
+    hs: health.aio.HealthServicer, store: Any, where: str, interval_s: float = 2.0
+) -> None:
+    """Report NOT_SERVING while the state store cannot write (full or failed disk).
+
+    Every ``interval_s`` one small durable write (``store.probe_write``), off the
+    event loop; a server that cannot persist would refuse every submission.
+    """
+    while True:
+        try:
+            await asyncio.to_thread(store.probe_write)
+        except Exception as exc:  # sqlite3.Error, OSError: the disk said no
+            await report_health(
+                hs,
+                "store",
+                f"cannot write its state in {where} ({type(exc).__name__}: {exc}): free or "
+                "fix the disk; submissions are refused meanwhile",
+            )
+        else:
+            await report_health(hs, "store", None)
+        await asyncio.sleep(interval_s)
 
 
 def client_channel(target: str, tls: transport.TlsConfig | None) -> grpc.aio.Channel:
@@ -395,11 +486,17 @@ async def serve_until_terminated(
     logging.getLogger(f"secagg.{name}").info(
         '{"event": "listening", "server": "%s", "addr": "%s"}', name, listen
     )
+    store = getattr(svc, "store", None)
+    watcher = None
+    if store is not None:
+        watcher = asyncio.create_task(watch_store(hs, store, str(store.path.parent)))
     try:
         await svc.start_mpc()
         await set_health(hs, True)
         await server.wait_for_termination()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await svc.close()
         await server.stop(2)
 

@@ -34,22 +34,23 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="secagg-dealer", description=__doc__)
     common.add_common_args(p, "127.0.0.1:50053")
     args = p.parse_args(argv)
-    settings = common.common_settings(args, "dealer")
-    common.setup_logging(settings.log_level)
-    common.tune_memory()
-    common.disable_core_dumps()  # a core file would hold shares and keys
-    # a small threaded gRPC server only for the standard health service
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), options=transport.server_options()
-    )
-    hs = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    if settings.tls is not None:
-        server.add_secure_port(
-            settings.listen, settings.tls.server_credentials(require_client_auth=False)
+    with common.starting("dealer"):  # a failure here: one line, no traceback
+        settings = common.common_settings(args, "dealer")
+        common.setup_logging(settings.log_level)
+        common.tune_memory()
+        common.disable_core_dumps()  # a core file would hold shares and keys
+        # a small threaded gRPC server only for the standard health service
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2), options=transport.server_options()
         )
-    else:
-        server.add_insecure_port(settings.listen)
+        hs = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+        tls = settings.tls
+        if tls is not None:
+            creds = tls.server_credentials(require_client_auth=False)
+            common.bind_port(settings.listen, lambda a: server.add_secure_port(a, creds))
+        else:
+            common.bind_port(settings.listen, server.add_insecure_port)
     hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     ready = threading.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -34,6 +35,19 @@ from servers.session import SessionKeeper, failed_rounds, restore_rounds, rounds
 log = logging.getLogger("secagg.server_a")
 
 PHASE_OF_RULE = {Rule.BULYAN: pb.PHASE_BULYAN_COORDINATE}
+
+#: Deadline of A's OpenRound forward to B: well inside the admin client's 60 s, so
+#: that A's answer (success, or the round failed on both) reaches the operator.
+OPEN_FORWARD_TIMEOUT_S = 20.0
+
+#: How often a round's 2PC is run before the round fails: a rerun follows a session
+#: rebuild (B or the dealer died mid-2PC); a failure that repeats is not a passing one.
+MAX_2PC_RUNS = 3
+
+#: Peer call failures after which B may or may not have acted on the request.
+_UNANSWERED = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 
 @dataclass
@@ -86,6 +100,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.session: mpc.MpcSession | None = None
         self.mpc_lock = asyncio.Lock()  # one 2PC computation at a time
         self.tasks: dict[str, asyncio.Task] = {}
+        self._opening: dict[str, asyncio.Future[Round]] = {}  # OpenRound in progress
+        self.open_forward_timeout_s = OPEN_FORWARD_TIMEOUT_S
         self.channel = common.client_channel(peer, settings.tls)
         self.peer = pbg.PeerStub(self.channel)
         self.health: health.aio.HealthServicer | None = None  # serve() sets it
@@ -124,6 +140,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             "0.0.0.0" if self.settings.mpc_addr in ("", "0.0.0.0") else self.settings.mpc_addr,
         )
         for rnd in rounds_to_resume(self.restored):  # collection goes on meanwhile
+            if rnd.round_id in self.tasks:  # an OpenRound retry got to it first
+                continue
             self.outcomes.setdefault(rnd.round_id, Outcome())
             self.tasks[rnd.round_id] = asyncio.create_task(self._coordinate(rnd))
         log.info('{"event": "mpc_starting", "rank": 0}')
@@ -242,30 +260,68 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         )
 
     async def OpenRound(self, request: pb.RoundConfig, context) -> pb.RoundStatus:  # noqa: N802
+        """Open a round on both servers, atomically: when this returns or its caller
+        gives up, the round is open on A and B with its coordinator running, or failed
+        on both (B is told once it is reachable).
+
+        No MPC session is needed yet: a round collects meanwhile, and its 2PC waits
+        for the session (``_run_2pc_when_ready``).
+        """
         await self._admin(context)
-        if self.session is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "the MPC session is not up yet: check that server B and the "
-                "dealer are running, then retry",
-            )
         try:
             config = RoundConfig.from_proto(request)
-            rnd = self.book.open(config)
+        except ValueError as exc:
+            await common.abort_for(context, exc)
+            raise
+        rid = config.round_id
+        job = self._opening.get(rid)
+        if job is None:
+            # A task, shielded below: a caller's deadline cancels this handler, not the
+            # opening, which then ends one way or the other (issue #17)
+            job = asyncio.ensure_future(self._open_round(request, config))
+            self._opening[rid] = job
+            job.add_done_callback(lambda _t: self._opening.pop(rid, None))
+        try:
+            rnd = await asyncio.shield(job)
         except (RoundError, ValueError) as exc:
             await common.abort_for(context, exc)
             raise
-        try:
-            await self.peer.OpenRound(request, metadata=self._peer_md(), timeout=30)
         except grpc.aio.AioRpcError as exc:
-            rnd.fail(f"server B refused or is unreachable: {exc.details()}")
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"server B did not accept the round: {exc.details()}"
+                grpc.StatusCode.UNAVAILABLE,
+                f"server B did not accept the round ({exc.code().name}: {exc.details()}); "
+                "the round is failed on both servers: check that server B is up, then "
+                "open the round under a new round_id",
             )
-        if rnd.round_id not in self.tasks:
-            self.outcomes[rnd.round_id] = Outcome()
-            self.tasks[rnd.round_id] = asyncio.create_task(self._coordinate(rnd))
+            raise
+        if rnd.state is RoundState.FAILED:  # an identical retry of a failed opening
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"round {rid!r} failed: {rnd.failure_reason}; open a new round_id",
+            )
         return rnd.to_proto()
+
+    async def _open_round(self, request: pb.RoundConfig, config: RoundConfig) -> Round:
+        """OpenRound's work (see there); raises B's refusal after failing the round."""
+        rnd = self.book.open(config)  # the same configuration again: the same round
+        if rnd.state.terminal or rnd.round_id in self.tasks:
+            return rnd  # already opened on both (or over): nothing to redo
+        try:
+            await self.peer.OpenRound(
+                request, metadata=self._peer_md(), timeout=self.open_forward_timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            reason = f"server B did not accept the round: {exc.code().name}: {exc.details()}"
+            rnd.fail(reason)
+            if exc.code() in _UNANSWERED:
+                # B may have opened it and the answer got lost: fail B's copy too (told
+                # once it is reachable). A definitive refusal means B has no such round
+                # (an id taken by another configuration is not this round's to fail).
+                await self._fail_peer(rnd.round_id, reason)
+            raise
+        self.outcomes[rnd.round_id] = Outcome()
+        self.tasks[rnd.round_id] = asyncio.create_task(self._coordinate(rnd))
+        return rnd
 
     async def ListRounds(self, request: pb.ListRoundsRequest, context) -> pb.ListRoundsResponse:  # noqa: N802
         await self._admin(context)
@@ -387,39 +443,54 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         return rnd.fix_participants(list(reply.participants), mismatched=reply.mismatched)
 
     async def _run_2pc_when_ready(self, rnd: Round, participants: list[str]) -> None:
-        """Run the round's 2PC once the session is healthy (waiting up to the MPC timeout).
+        """Run the round's 2PC once the session is healthy, and again if it breaks.
 
-        A 2PC step that fails or times out leaves the three parties out of step (and
-        maybe one of them blocked until its own timeout), so the session is marked
-        broken and the keeper rebuilds it before the next round.
+        Waits for a healthy session (up to the phase timeout; a round that races a
+        session rebuild waits for it, issue #17) and first checks that B is still in
+        that session's epoch. A 2PC step that fails or times out leaves the three
+        parties out of step, so the session is marked broken and rebuilt; the round,
+        whose shares are durable on both servers, is rewound to its fixed
+        participants and run again on the new session (at most ``MAX_2PC_RUNS``
+        times), as after A's own restart.
         """
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.settings.mpc_timeout_s
-        while True:
-            if not await self.keeper.wait_ready(give_up - loop.time()):
-                raise RuntimeError(
-                    f"no MPC session within {self.settings.mpc_timeout_s:.0f} s "
-                    f"({self.keeper.last_error})"
+        for run in range(1, MAX_2PC_RUNS + 1):
+            give_up = loop.time() + self.phase_timeout_s
+            while True:
+                if not await self.keeper.wait_ready(give_up - loop.time()):
+                    raise RuntimeError(
+                        f"no MPC session within {self.phase_timeout_s:.0f} s "
+                        f"({self.keeper.last_error})"
+                    )
+                await self.mpc_lock.acquire()
+                if self.keeper.healthy and await self.keeper.confirm_peer():
+                    break
+                self.mpc_lock.release()  # it broke while we waited, or B left it
+            try:
+                await self._run_2pc(rnd, participants)
+                return
+            except RoundError:
+                raise  # refused by the round's own rules, with every phase completed
+            except Exception as exc:
+                first = str(exc).splitlines()[0][:300] if str(exc) else ""
+                detail = f"{type(exc).__name__}: {first}"
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    detail = f"server B: {exc.code().name}: {exc.details()}"
+                self.keeper.mark_broken(f"round {rnd.round_id}: {detail}")
+                if run == MAX_2PC_RUNS or not rnd.rewind_2pc(f"the 2PC failed ({detail})"):
+                    raise RuntimeError(
+                        f"the 2PC failed {run} time(s) (server B or the dealer died, or a "
+                        f"step timed out); the MPC session is rebuilt for the next round: "
+                        f"{detail}"
+                    ) from exc
+                log.warning(
+                    json.dumps(
+                        {"event": "round_rerun", "round_id": rnd.round_id, "run": run + 1}
+                    )
                 )
-            await self.mpc_lock.acquire()
-            if self.keeper.healthy:
-                break
-            self.mpc_lock.release()  # it broke while we waited for the lock
-        try:
-            await self._run_2pc(rnd, participants)
-        except RoundError:
-            raise  # refused by the round's own rules, with every phase completed
-        except Exception as exc:
-            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            self.keeper.mark_broken(f"round {rnd.round_id}: {detail}")
-            if isinstance(exc, grpc.aio.AioRpcError):
-                detail = f"server B: {exc.code().name}: {exc.details()}"
-            raise RuntimeError(
-                "the 2PC failed (server B or the dealer died, or a step timed out); the MPC "
-                f"session is rebuilt for the next round: {detail}"
-            ) from exc
-        finally:
-            self.mpc_lock.release()
+                participants = list(rnd.participants)  # validation may have excluded some
+            finally:
+                self.mpc_lock.release()
 
     async def _prepare_if_ready(self, rnd: Round) -> None:
         """Best effort: without it the distance phase fetches its own Gram pair."""
@@ -582,14 +653,17 @@ def _expand_seeds(seeds: list[bytes], out: np.ndarray) -> np.ndarray:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = common.common_settings(args, "server-a")
-    common.setup_logging(settings.log_level)
-    common.tune_memory()
-    common.disable_core_dumps()  # a core file would hold shares and keys
-    tokens = transport.TokenStore.load(Path(args.worker_tokens))
-    admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
-    server, hs = common.make_server(settings)
-    svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
+    with common.starting("server-a"):  # a failure here: one line, no traceback
+        settings = common.common_settings(args, "server-a")
+        common.setup_logging(settings.log_level)
+        common.tune_memory()
+        common.disable_core_dumps()  # a core file would hold shares and keys
+        tokens = transport.TokenStore.load(Path(args.worker_tokens))
+        admin_token = (
+            Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
+        )
+        server, hs = common.make_server(settings)
+        svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
     svc.health = hs  # the session keeper reports NOT_SERVING while it rebuilds
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Admin")

@@ -404,13 +404,14 @@ def _compact(
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = common.common_settings(args, "server-b")
-    common.setup_logging(settings.log_level)
-    common.tune_memory()
-    common.disable_core_dumps()  # a core file would hold shares and keys
-    tokens = transport.TokenStore.load(Path(args.worker_tokens))
-    server, hs = common.make_server(settings)
-    svc = ServerB(settings, tokens)
+    with common.starting("server-b"):  # a failure here: one line, no traceback
+        settings = common.common_settings(args, "server-b")
+        common.setup_logging(settings.log_level)
+        common.tune_memory()
+        common.disable_core_dumps()  # a core file would hold shares and keys
+        tokens = transport.TokenStore.load(Path(args.worker_tokens))
+        server, hs = common.make_server(settings)
+        svc = ServerB(settings, tokens)
     svc.health = hs  # the session member reports NOT_SERVING between sessions
     common.add_service(server, svc, "Worker")
     common.add_service(server, svc, "Peer")

@@ -140,6 +140,9 @@ class SessionKeeper:
         Timeout of every Peer.Session / FailRound call and of the dealer ping.
     retry_s
         First pause after a failed build (doubles up to 10 s).
+    hung_after_s
+        B is reported (health NOT_SERVING, with the reason in the log) once it has not
+        answered a heartbeat for this long: hung (SIGSTOP, a stuck host) or gone.
     """
 
     def __init__(
@@ -149,9 +152,12 @@ class SessionKeeper:
         probe_interval_s: float = 1.0,
         rpc_timeout_s: float = 10.0,
         retry_s: float = 1.0,
+        hung_after_s: float = 10.0,
     ) -> None:
         self.host = host
         self.probe_interval_s = probe_interval_s
+        self.hung_after_s = hung_after_s
+        self.b_answered = 0.0  # loop time of B's last answer to a heartbeat
         self.rpc_timeout_s = rpc_timeout_s
         self.retry_s = retry_s
         self.incarnation = secrets.token_hex(4)  # epochs stay unique across restarts
@@ -165,6 +171,7 @@ class SessionKeeper:
         self.unsynced: dict[str, str] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- state
     @property
@@ -192,15 +199,46 @@ class SessionKeeper:
         """Start the keeper; with ``wait``, return once the first session is up."""
         self.endpoint = ep
         self._task = asyncio.create_task(self._run(), name="mpc-session-keeper")
+        self._beat = asyncio.create_task(self._heartbeat(), name="peer-heartbeat")
         if wait:
             await self._ready.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._beat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._beat = None
+
+    async def _heartbeat(self) -> None:
+        """Ask B for its session state every ``probe_interval_s``, also during a 2PC
+        (B's Peer service answers while its MPC thread computes); report a B that
+        stays silent for ``hung_after_s`` in A's health, and clear it when B is back.
+        """
+        h = self.host
+        loop = asyncio.get_running_loop()
+        self.b_answered = loop.time()
+        while True:
+            try:
+                await h.peer.Session(
+                    pb.SessionRequest(epoch="", join=False),
+                    metadata=h._peer_md(),
+                    timeout=max(1.0, self.hung_after_s / 3),
+                )
+                self.b_answered = loop.time()
+                problem = None
+            except grpc.aio.AioRpcError as exc:
+                silent = loop.time() - self.b_answered
+                problem = (
+                    f"server B has not answered for {silent:.0f} s ({exc.code().name}): "
+                    "it is hung, stopped or unreachable"
+                    if silent >= self.hung_after_s
+                    else None
+                )
+            if h.health is not None:
+                await common.report_health(h.health, "peer", problem)
+            await asyncio.sleep(self.probe_interval_s)
 
     async def _run(self) -> None:
         pause = self.retry_s
@@ -315,6 +353,23 @@ class SessionKeeper:
                 await asyncio.wait_for(h._mpc(session.ping_dealer), self.rpc_timeout_s)
             except Exception as exc:
                 self.mark_broken(f"the dealer did not answer a ping: {type(exc).__name__}: {exc}")
+
+    async def confirm_peer(self) -> bool:
+        """Just before a 2PC (mpc_lock held): is B still in this session's epoch?
+
+        The probe runs once a second, so a B that restarted moments ago may not have
+        been noticed yet; a 2PC started then fails at once ("B's MPC session is not
+        up yet"). An unreachable B proves nothing (the 2PC finds out, and the round
+        is run again after the rebuild).
+        """
+        reply = await self._call_b("", join=False)
+        if reply is not None and reply.epoch != self.epoch:
+            self.mark_broken(
+                f"server B is not in session {self.epoch} (it reports "
+                f"{reply.epoch or 'none'}, {reply.state}): it restarted or left"
+            )
+            return False
+        return True
 
     async def sync_failures(self) -> None:
         """Tell B about rounds A failed while B could not be reached (idempotent on B)."""

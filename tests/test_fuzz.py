@@ -494,16 +494,24 @@ def test_a_flood_of_bad_and_parallel_requests(target: Target) -> None:
     assert set(codes) <= PRECISE | stalled_codes, codes
     assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > 0  # one upload per worker at a time
     _assert_alive(target)
-    # and the worker whose uploads were stalled or refused can still upload normally
-    time.sleep(0.5)
+    # and the worker whose uploads were stalled or refused can still upload normally,
+    # once the server has seen the last stalled stream end (a condition, not a sleep)
     share = np.arange(D, dtype=np.int64)
     from secagg.v1 import secagg_pb2_grpc as pbg
 
-    receipt = pbg.WorkerStub(ch_b).SubmitShare(
-        transport.share_chunk_messages(target.rid, IDS[6], "after-flood", share),
-        metadata=target.md("worker", IDS[6]),
-        timeout=20,
-    )
+    end = time.monotonic() + 120
+    while True:
+        try:
+            receipt = pbg.WorkerStub(ch_b).SubmitShare(
+                transport.share_chunk_messages(target.rid, IDS[6], "after-flood", share),
+                metadata=target.md("worker", IDS[6]),
+                timeout=20,
+            )
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            assert time.monotonic() < end, "a stalled upload is still held after 120 s"
+            time.sleep(0.05)
     assert receipt.digest == payload_digest(share)
 
 

@@ -432,7 +432,7 @@ def test_service_round_over_mtls(tmp_path):
         try:
             for c, row in zip(clients, X, strict=True):
                 c.submit(rid, row, params)
-            agg = clients[0].wait_for_result(rid, timeout_s=120)
+            agg = clients[0].wait_for_result(rid, timeout_s=300)
         finally:
             for c in clients:
                 c.close()

@@ -84,7 +84,7 @@ def run_round(dep, X, rule, f, m=None):
         with client(dep, IDS[i]) as c:
             c.submit(rid, row, PARAMS)
     with client(dep, IDS[0]) as c:
-        agg = c.wait_for_result(rid, timeout_s=120)
+        agg = c.wait_for_result(rid, timeout_s=300)
     return rid, agg
 
 
@@ -147,7 +147,7 @@ def test_worker_that_reached_only_one_server_is_excluded_by_both(dep):
             timeout=10,
         )
     with client(dep, IDS[0]) as c:
-        agg = c.wait_for_result(rid, timeout_s=60)
+        agg = c.wait_for_result(rid, timeout_s=300)
         st_a, st_b = c.status(rid, "a"), c.status(rid, "b")
     assert list(st_a.participants) == list(st_b.participants) == IDS[: n - 1]
     Xenc = np.stack([encoding.encode(r, PARAMS) for r in X[: n - 1]])
@@ -342,7 +342,7 @@ def test_wraparound_worker_is_excluded_by_input_validation(dep, validate):
         bad[5] += np.int64(-(2**63))  # distances unchanged, coordinate 5 decodes to ~1.4e14
     _submit_raw(dep, rid, IDS[0], shares.seed, bad)
     with client(dep, IDS[1]) as c:
-        agg = c.wait_for_result(rid, timeout_s=120)
+        agg = c.wait_for_result(rid, timeout_s=300)
     with client(dep, IDS[0]) as c:  # a worker sees its own exclusion, and no other's
         st_a, st_b = c.status(rid, "a"), c.status(rid, "b")
     if validate:
@@ -398,10 +398,12 @@ def test_validation_leaving_too_few_for_bulyan_fails_with_the_reason(dep):
         bad[0] += np.int64(-(2**63))
     _submit_raw(dep, rid, IDS[0], shares.seed, bad)
     with client(dep, IDS[0]) as c:  # a worker sees its own exclusion, and no other's
-        for _ in range(600):
+        end = time.monotonic() + 300  # generous: a loaded CI machine
+        while True:
             st = c.status(rid, "a")
             if st.state in (pb.ROUND_STATE_DONE, pb.ROUND_STATE_FAILED):
                 break
+            assert time.monotonic() < end, f"round still {st.state} after 300 s"
             time.sleep(0.1)
         st_b = c.status(rid, "b")
     assert st.state == pb.ROUND_STATE_FAILED
