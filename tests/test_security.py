@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -216,3 +217,48 @@ def test_server_processes_cannot_dump_core(dep: LocalDeployment) -> None:
     """9: a core dump of a server would hold shares, seeds and mask keys."""
     for name in ("server-a", "server-b", "dealer"):
         assert _pid_core_limit(dep.procs[name].pid) == "0", name
+
+
+# ------------------------------------------------------------ 6: secret files
+def _mode(p: os.PathLike[str] | str) -> int:
+    return os.stat(p).st_mode & 0o777
+
+
+def test_secret_files_are_private_from_creation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every later chmod suppressed (a crash right after creation), keys, tokens
+    and their directory are still private: the mode is set when the file is created,
+    not fixed up afterwards (umask 022 made write_text's files 0644)."""
+    from secagg import cli
+
+    monkeypatch.setattr(os, "chmod", lambda *a, **k: None)
+    monkeypatch.setattr(Path, "chmod", lambda *a, **k: None)
+    old = os.umask(0o022)
+    try:
+        dep = LocalDeployment(tmp_path / "dep", ["w0", "w1"], tls=True)
+        dep.prepare()
+        cli._write_secret_json(tmp_path / "plain.json", {"w0": "t"})
+        secrets_ = [
+            dep.workdir / "admin-token",
+            dep.workdir / "peer-token",
+            dep.workdir / "worker-tokens.json",
+            *sorted(dep.pki.glob("*.key")),
+            tmp_path / "plain.json",
+        ]
+        assert len(secrets_) > 6
+        for p in secrets_:
+            assert _mode(p) == 0o600, (p, oct(_mode(p)))
+        assert _mode(dep.workdir) == 0o700, oct(_mode(dep.workdir))
+        fd = transport.open_private_log(transport.private_dir(tmp_path / "logs") / "a.log")
+        os.close(fd)
+        assert _mode(tmp_path / "logs") == 0o700 and _mode(tmp_path / "logs" / "a.log") == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_running_deployment_keeps_its_logs_private(dep: LocalDeployment) -> None:
+    logs = dep.workdir / "logs"
+    assert _mode(logs) == 0o700 and _mode(dep.workdir) == 0o700
+    for name in ("server-a", "server-b", "dealer"):
+        assert _mode(logs / f"{name}.log") == 0o600, name
