@@ -473,7 +473,7 @@ class RoundConfig:
         check_headroom(self.encoding_params(), n, self.dim)
         if not isinstance(self.skip_validation, bool):
             raise ValueError(f"skip_validation must be a bool, got {self.skip_validation!r}")
-        vp = self.validation_params()  # checks projections within [1, 256]
+        vp = self.validation_params()  # checks projections within [MIN_PROJECTIONS, 256]
         if vp is not None:
             # an accepted vector may be longer than an honest one (the test's slack):
             # its distances and sums must not wrap either

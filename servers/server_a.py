@@ -21,9 +21,17 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health
 
-from secagg import encoding, mpc, protocol, sharing, transport
+from secagg import encoding, mpc, protocol, rules, sharing, transport
 from secagg.prg import fresh_key
-from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
+from secagg.rounds import (
+    Round,
+    RoundBook,
+    RoundConfig,
+    RoundError,
+    RoundFailed,
+    RoundState,
+    Rule,
+)
 from secagg.store import StoredOutcome, open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -547,7 +555,13 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             )
             rnd.start_selection()
             out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
-        selected = protocol.choose(plan, distances, n)
+        try:
+            selected = protocol.choose(plan, distances, n)
+        except rules.RuleError as exc:
+            # The rule refused the revealed matrix (e.g. a wrapped, negative distance).
+            # No 2PC step is in flight, so the MPC session stays up; the reason names no
+            # value or position of D (rules.py), since it goes to B, logs and statuses.
+            raise RoundFailed(f"the {cfg.rule.value} rule refused the distances: {exc}") from None
         out.selected_idx = selected
         rnd.start_reveal([participants[i] for i in selected])
         phase = PHASE_OF_RULE.get(cfg.rule, pb.PHASE_REVEAL)

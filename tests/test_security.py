@@ -262,3 +262,104 @@ def test_a_running_deployment_keeps_its_logs_private(dep: LocalDeployment) -> No
     assert _mode(logs) == 0o700 and _mode(dep.workdir) == 0o700
     for name in ("server-a", "server-b", "dealer"):
         assert _mode(logs / f"{name}.log") == 0o600, name
+
+
+# ------------------------------------------------- 3: no data-dependent value leaks
+def _submit_raw(dep: LocalDeployment, rid: str, wid: str, seed: bytes, share_b: np.ndarray) -> None:
+    """A Byzantine worker's own upload: any seed and any ring vector."""
+    md = transport.worker_metadata(wid, dep.tokens[wid])
+    sid = uuid.uuid4().hex
+    with transport.make_channel(dep.addr_a, dep.worker_tls()) as ch:
+        pbg.WorkerStub(ch).SubmitSeed(
+            pb.SeedSubmission(round_id=rid, worker_id=wid, seed=seed, dim=D, submission_id=sid),
+            metadata=md,
+            timeout=10,
+        )
+    with transport.make_channel(dep.addr_b, dep.worker_tls()) as ch:
+        pbg.WorkerStub(ch).SubmitShare(
+            transport.share_chunk_messages(rid, wid, sid, share_b), metadata=md, timeout=10
+        )
+
+
+def _operator_status(dep: LocalDeployment, addr: str, rid: str) -> pb.RoundStatus:
+    with transport.make_channel(addr, dep.tls_for("admin")) as ch:
+        return pbg.WorkerStub(ch).GetRoundStatus(pb.RoundRef(round_id=rid), timeout=20)
+
+
+def _wait_terminal(dep: LocalDeployment, rid: str, timeout_s: float = 120) -> pb.RoundStatus:
+    end = time.monotonic() + timeout_s
+    while True:
+        st = _operator_status(dep, dep.control_a, rid)
+        if st.state in (pb.ROUND_STATE_DONE, pb.ROUND_STATE_FAILED) or time.monotonic() > end:
+            return st
+        time.sleep(0.1)
+
+
+def test_a_wrapped_distance_fails_the_round_without_values_or_a_session_rebuild(
+    dep: LocalDeployment,
+) -> None:
+    """Without validation a Byzantine worker can make its squared distances wrap to
+    negative ring values; the rule refuses them. The failure reason that reaches B, the
+    statuses and the logs must not carry any distance, and the MPC session (no 2PC step
+    was in flight) must not be torn down."""
+    from secagg import sharing
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=D) + rng.normal(size=(N, D)) * 0.5
+    rid = _open(dep, "krum", 1, skip_validation=True)
+    for i in range(1, N):
+        with _client(dep, IDS[i]) as c:
+            c.submit(rid, X[i], PARAMS)
+    x0 = encoding.encode(X[0], PARAMS)
+    parts = sharing.split(x0)
+    bad = parts.share_b.copy()
+    bad[0] += np.int64(3 << 30)  # (3·2^30)^2 = 2^63 + 2^60: wraps to a negative int64
+    broken_before = dep.log_text("server-a").count("mpc_session_broken")
+    _submit_raw(dep, rid, IDS[0], parts.seed, bad)
+    st_a = _wait_terminal(dep, rid)
+    assert st_a.state == pb.ROUND_STATE_FAILED, st_a
+    # the distances A saw, as the rule got them (int64, wrapped)
+    enc = np.stack([encoding.encode(r, PARAMS) for r in X])
+    enc[0] = x0
+    enc[0, 0] += np.int64(3 << 30)
+    with np.errstate(over="ignore"):
+        diff = enc[:, None, :] - enc[None, :, :]
+        Dring = (diff * diff).sum(axis=2)
+    assert (Dring[0, 1:] < 0).all()
+    secrets_ = {str(int(v)) for v in Dring.ravel() if v != 0}
+    end = time.monotonic() + 30
+    while _operator_status(dep, dep.control_b, rid).state != pb.ROUND_STATE_FAILED:
+        assert time.monotonic() < end, "B never learned that the round failed"
+        time.sleep(0.1)
+    st_b = _operator_status(dep, dep.control_b, rid)
+    texts = {
+        "reason A": st_a.failure_reason,
+        "reason B": st_b.failure_reason,
+        "log A": dep.log_text("server-a"),
+        "log B": dep.log_text("server-b"),
+    }
+    assert "refused the distances" in st_a.failure_reason, st_a.failure_reason
+    for where, text in texts.items():
+        leaked = [s for s in secrets_ if s in text]
+        assert not leaked and "D[" not in text, (where, leaked[:3])
+    # the session stayed up: nothing was marked broken, and the next round runs
+    assert dep.log_text("server-a").count("mpc_session_broken") == broken_before
+    rid2 = _open(dep, "mean", 0, n=3)
+    for i in range(3):
+        with _client(dep, IDS[i]) as c:
+            c.submit(rid2, X[i], PARAMS)
+    with _client(dep, IDS[0]) as c:
+        c.wait_for_result(rid2, timeout_s=60)
+    assert dep.log_text("server-a").count("mpc_session_broken") == broken_before
+
+
+def test_too_few_projections_are_refused_at_open(dep: LocalDeployment) -> None:
+    """k = 1 made the soundness bound one half; the minimum keeps it at 2^-20."""
+    from clients.sdk import SecAggClientError
+    from secagg.validation import MIN_PROJECTIONS
+
+    for k in (1, MIN_PROJECTIONS - 1):
+        with pytest.raises((SecAggClientError, ValueError)) as err:
+            _open(dep, "mean", 0, n=3, projections=k)
+        assert "projections" in str(err.value)
+    _open(dep, "mean", 0, n=3, projections=MIN_PROJECTIONS)
