@@ -266,6 +266,13 @@ class LateSubmission(RoundError):
     code = "FAILED_PRECONDITION"
 
 
+class NotInvited(RoundError):
+    """The round is full (``n_expected`` workers submitted) or has an invitation list
+    without this worker."""
+
+    code = "PERMISSION_DENIED"
+
+
 class RoundFailed(RoundError):
     code = "FAILED_PRECONDITION"
 
@@ -333,6 +340,10 @@ class RoundConfig:
     skip_validation : bool, default False
         Skip input validation. Only for demonstrating the attack it stops: without it
         a worker can submit a ring element that wraps (see secagg.validation).
+    invited : tuple of str, default ()
+        If not empty, the only workers who may submit (exactly ``n_expected`` distinct
+        registered ids). Either way at most ``n_expected`` workers take part: B's memory
+        and the prepared Gram pair are sized for them.
     """
 
     round_id: str
@@ -348,10 +359,13 @@ class RoundConfig:
     deadline_unix_ms: int
     projections: int = 0
     skip_validation: bool = False
+    invited: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # normalise so that equal configs compare equal (idempotent OpenRound retries)
         object.__setattr__(self, "rule", Rule.parse(self.rule))
+        if isinstance(self.invited, (list, tuple)):
+            object.__setattr__(self, "invited", tuple(self.invited))
         for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms", "projections"):
             v = getattr(self, name)
             if _is_int(v):
@@ -456,6 +470,14 @@ class RoundConfig:
             )
         if not 1 <= self.dim <= max_dim:
             raise ValueError(f"dim must be within [1, {max_dim}], got dim={self.dim}")
+        if self.invited:
+            for w in self.invited:
+                check_id("invited worker_id", w)
+            if len(set(self.invited)) != len(self.invited) or len(self.invited) != n:
+                raise ValueError(
+                    f"invited must list exactly n_expected={n} distinct worker ids, got "
+                    f"{len(self.invited)} ({len(set(self.invited))} distinct)"
+                )
         for name in ("scale", "coord_bound", "norm_bound"):
             v = getattr(self, name)
             if not isinstance(v, float) or not math.isfinite(v) or v <= 0:
@@ -511,6 +533,7 @@ class RoundConfig:
             deadline_unix_ms=msg.deadline_unix_ms,
             projections=msg.projections,
             skip_validation=msg.skip_validation,
+            invited=tuple(msg.invited),
         )
 
 
@@ -919,6 +942,16 @@ class Round:
             raise LateSubmission(
                 f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
                 "submit to the next round"
+            )
+        if self.config.invited and worker_id not in self.config.invited:
+            raise NotInvited(
+                f"round {rid!r} has an invitation list without worker {worker_id!r}: ask "
+                "the operator to invite it to a later round"
+            )
+        if len(self._subs) + len(self._pending) >= self.config.n_expected:
+            raise NotInvited(
+                f"round {rid!r} already has the n_expected={self.config.n_expected} "
+                "submissions it was opened for: submit to the next round"
             )
         if self._closing:
             raise LateSubmission(
@@ -1511,6 +1544,11 @@ class RoundBook:
                 raise ValueError(
                     f"n_expected={config.n_expected} exceeds the {len(self.workers)} "
                     "registered workers: issue more tokens or lower n_expected"
+                )
+            if self.workers is not None and not set(config.invited) <= set(self.workers):
+                raise ValueError(
+                    f"invited lists {len(set(config.invited) - set(self.workers))} workers "
+                    "that are not registered: issue them tokens or fix the list"
                 )
             rnd = Round(
                 config,

@@ -364,3 +364,62 @@ def test_too_few_projections_are_refused_at_open(dep: LocalDeployment) -> None:
             _open(dep, "mean", 0, n=3, projections=k)
         assert "projections" in str(err.value)
     _open(dep, "mean", 0, n=3, projections=MIN_PROJECTIONS)
+
+
+# ------------------------------------------------- 5: n_expected and invitations
+def test_a_round_takes_at_most_n_expected_workers(dep: LocalDeployment) -> None:
+    """Registered workers beyond n_expected are refused by both servers (B's memory and
+    the prepared Gram pair are sized for n_expected)."""
+    from clients.sdk import SecAggClientError
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(5, D))
+    rid = _open(dep, "mean", 0, n=3)
+    for i in range(3):
+        with _client(dep, IDS[i]) as c:
+            c.submit(rid, X[i], PARAMS)
+    for i in (3, 4):
+        with _client(dep, IDS[i]) as c, pytest.raises(SecAggClientError) as err:
+            c.submit(rid, X[i], PARAMS)
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED, err.value
+        assert "n_expected=3" in str(err.value)
+    # B refuses a share on its own too (a worker may skip A)
+    from secagg import sharing
+
+    parts = sharing.split(encoding.encode(X[4], PARAMS))
+    md = transport.worker_metadata(IDS[4], dep.tokens[IDS[4]])
+    with transport.make_channel(dep.addr_b, dep.worker_tls()) as ch:
+        code = _code(
+            lambda: pbg.WorkerStub(ch).SubmitShare(
+                transport.share_chunk_messages(rid, IDS[4], "x", parts.share_b),
+                metadata=md,
+                timeout=10,
+            )
+        )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    with _client(dep, IDS[0]) as c:
+        agg = c.wait_for_result(rid, timeout_s=60)
+    Xenc = np.stack([encoding.encode(r, PARAMS) for r in X[:3]])
+    np.testing.assert_array_equal(agg.vector, encoding.decode(Xenc.sum(axis=0), PARAMS, 3))
+
+
+def test_an_invitation_list_admits_only_its_workers(dep: LocalDeployment) -> None:
+    from clients.sdk import SecAggClientError
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(N, D))
+    invited = (IDS[4], IDS[5], IDS[6])
+    rid = _open(dep, "mean", 0, n=3, invited=invited)
+    with _client(dep, IDS[0]) as c, pytest.raises(SecAggClientError) as err:
+        c.submit(rid, X[0], PARAMS)
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "invitation list" in str(err.value)
+    for w in invited:
+        with _client(dep, w) as c:
+            c.submit(rid, X[IDS.index(w)], PARAMS)
+    with _client(dep, invited[0]) as c:
+        assert c.wait_for_result(rid, timeout_s=60).vector.shape == (D,)
+    # the list must name exactly n_expected registered workers
+    for bad in ((IDS[4], IDS[5]), (IDS[4], IDS[5], "nobody")):
+        with pytest.raises((SecAggClientError, ValueError)):
+            _open(dep, "mean", 0, n=3, invited=bad)
