@@ -1041,6 +1041,18 @@ class Round:
                 f"round {self.round_id!r}: {self.config.rule.value} must compute distances "
                 "and select before revealing (only mean goes straight to reveal)"
             )
+        validated = not self.config.skip_validation
+        if (
+            validated
+            and frm is RoundState.PARTICIPANTS_FIXED
+            and to in (RoundState.DISTANCES, RoundState.REVEAL)
+        ) or (not validated and to is RoundState.VALIDATION):
+            # the round's configuration fixes whether its inputs are checked: neither
+            # server may skip (or invent) the validation phase
+            raise IllegalTransition(
+                f"round {self.round_id!r}: transition {frm.value} -> {to.value} is not "
+                f"allowed when input validation is {'on' if validated else 'off'}"
+            )
         if to is RoundState.FAILED:
             self._failure_reason = reason or "unspecified failure"
         now = self._clock()

@@ -421,7 +421,11 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 f"session is rebuilt for the next round: {detail}"
             ) from exc
         finally:
-            self.mpc_lock.release()
+            try:
+                # the expanded seeds are A's shares: zero them before the next round
+                await asyncio.to_thread(self.matrix.wipe)
+            finally:
+                self.mpc_lock.release()
 
     async def _prepare_if_ready(self, rnd: Round) -> None:
         """Best effort: without it the distance phase fetches its own Gram pair."""
@@ -543,7 +547,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 participants = rnd.exclude(
                     rejected, f"failed input validation ({vp.projections} projections > T)"
                 )
-                share = share[np.asarray(ok, dtype=bool)]
+                share = share[np.asarray(ok, dtype=bool)]  # a copy: wiped at the end
                 n = len(participants)
                 plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
                 plan.validate(n)
@@ -572,6 +576,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
+        share.fill(0)  # A's shares (a view of self.matrix, or the compacted copy)
 
     async def close(self) -> None:
         self.precompute.shutdown(wait=False, cancel_futures=True)

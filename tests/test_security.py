@@ -423,3 +423,86 @@ def test_an_invitation_list_admits_only_its_workers(dep: LocalDeployment) -> Non
     for bad in ((IDS[4], IDS[5]), (IDS[4], IDS[5], "nobody")):
         with pytest.raises((SecAggClientError, ValueError)):
             _open(dep, "mean", 0, n=3, invited=bad)
+
+
+# ------------------------------------- 9: B refuses what the configuration forbids
+def _round_on_b_only(
+    dep: LocalDeployment, peer: Any, rule: str, f: int, n: int, **extra: Any
+) -> str:
+    """A round that only B knows (opened as server A would), with n shares fixed."""
+    from secagg import sharing
+
+    rid = f"bonly-{uuid.uuid4().hex[:8]}"
+    cfg = RoundConfig(
+        round_id=rid,
+        n_expected=n,
+        f=f,
+        rule=rule,
+        dim=D,
+        scale=PARAMS.scale,
+        coord_bound=PARAMS.coord_bound,
+        norm_bound=PARAMS.norm_bound,
+        deadline_unix_ms=int((time.time() + 60) * 1000),
+        **extra,
+    )
+    peer.OpenRound(cfg.to_proto(), timeout=20)
+    rng = np.random.default_rng(9)
+    entries = []
+    for i in range(n):
+        wid = IDS[i]
+        parts = sharing.split(encoding.encode(rng.normal(size=D), PARAMS))
+        md = transport.worker_metadata(wid, dep.tokens[wid])
+        with transport.make_channel(dep.addr_b, dep.worker_tls()) as ch:
+            pbg.WorkerStub(ch).SubmitShare(
+                transport.share_chunk_messages(rid, wid, f"s{i}", parts.share_b),
+                metadata=md,
+                timeout=10,
+            )
+        entries.append(pb.ParticipantEntry(worker_id=wid, submission_id=f"s{i}"))
+    peer.FixParticipants(pb.ParticipantsRequest(round_id=rid, entries=entries), timeout=20)
+    return rid
+
+
+def test_b_refuses_phases_and_selections_the_round_does_not_allow(dep: LocalDeployment) -> None:
+    """Told by (a compromised or buggy) server A to skip the configured validation, or
+    to open a selection the rule cannot produce, B refuses at once instead of running
+    the 2PC. Runs last in this module: on a server without the checks it stalls B."""
+    with transport.make_channel(dep.control_b, dep.tls_for("server-a")) as ch:
+        peer = pbg.PeerStub(ch)
+        rid = _round_on_b_only(dep, peer, "krum", 1, 5)
+        ids = [IDS[i] for i in range(5)]
+
+        def phase(p: int, selected: list[int], rid: str = rid) -> Any:
+            return peer.RunPhase(
+                pb.PhaseRequest(
+                    round_id=rid, phase=p, participants=ids, selected=selected, session_id="x"
+                ),
+                timeout=15,
+            )
+
+        assert _code(lambda: phase(pb.PHASE_DISTANCES, [])) == grpc.StatusCode.FAILED_PRECONDITION
+        rid2 = _round_on_b_only(dep, peer, "mean", 0, 3, skip_validation=True)
+        ids = ids[:3]
+        code = _code(lambda: phase(pb.PHASE_REVEAL, [0], rid2))  # one worker's vector
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        st = peer.GetPeerStatus(pb.RoundRef(round_id=rid2), timeout=10)
+        assert st.state == pb.ROUND_STATE_PARTICIPANTS_FIXED  # nothing was opened
+
+
+def test_a_expanded_seed_buffer_is_zeroed_after_the_round() -> None:
+    """A keeps its share-matrix buffer between rounds (page faults); the expanded seeds
+    it held are A's shares and must not survive the round in it."""
+    from secagg import sharing
+    from servers.precompute import MatrixBuffer
+    from servers.server_a import _expand_seeds
+
+    buf = MatrixBuffer()
+    seeds = [bytes([i]) * 32 for i in range(3)]
+    share = _expand_seeds(seeds, buf.view(3, 50))
+    np.testing.assert_array_equal(share[1], sharing.share_a(seeds[1], 50))
+    small = buf.view(2, 10)  # a smaller later round reuses the pages
+    small.fill(7)
+    wipe = getattr(buf, "wipe", None)
+    assert wipe is not None, "MatrixBuffer has no wipe: A's shares outlive the round"
+    wipe()
+    assert not buf._flat.any()
