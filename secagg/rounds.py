@@ -933,16 +933,7 @@ class Round:
             raise RoundFailed(
                 f"round {rid!r} failed ({self._failure_reason}): wait for a new round"
             )
-        if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
-            raise LateSubmission(
-                f"round {rid!r} no longer accepts submissions: its participants are fixed "
-                f"(state {self._state.value}); submit to the next round"
-            )
-        if self.deadline_passed():
-            raise LateSubmission(
-                f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
-                "submit to the next round"
-            )
+        # before lateness: a full round says so whatever its state
         if self.config.invited and worker_id not in self.config.invited:
             raise NotInvited(
                 f"round {rid!r} has an invitation list without worker {worker_id!r}: ask "
@@ -952,6 +943,16 @@ class Round:
             raise NotInvited(
                 f"round {rid!r} already has the n_expected={self.config.n_expected} "
                 "submissions it was opened for: submit to the next round"
+            )
+        if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
+            raise LateSubmission(
+                f"round {rid!r} no longer accepts submissions: its participants are fixed "
+                f"(state {self._state.value}); submit to the next round"
+            )
+        if self.deadline_passed():
+            raise LateSubmission(
+                f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
+                "submit to the next round"
             )
         if self._closing:
             raise LateSubmission(
