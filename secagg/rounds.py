@@ -933,17 +933,6 @@ class Round:
             raise RoundFailed(
                 f"round {rid!r} failed ({self._failure_reason}): wait for a new round"
             )
-        # before lateness: a full round says so whatever its state
-        if self.config.invited and worker_id not in self.config.invited:
-            raise NotInvited(
-                f"round {rid!r} has an invitation list without worker {worker_id!r}: ask "
-                "the operator to invite it to a later round"
-            )
-        if len(self._subs) + len(self._pending) >= self.config.n_expected:
-            raise NotInvited(
-                f"round {rid!r} already has the n_expected={self.config.n_expected} "
-                "submissions it was opened for: submit to the next round"
-            )
         if self._state not in (RoundState.OPEN, RoundState.COLLECTING):
             raise LateSubmission(
                 f"round {rid!r} no longer accepts submissions: its participants are fixed "
@@ -953,6 +942,16 @@ class Round:
             raise LateSubmission(
                 f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
                 "submit to the next round"
+            )
+        if self.config.invited and worker_id not in self.config.invited:
+            raise NotInvited(
+                f"round {rid!r} has an invitation list without worker {worker_id!r}: ask "
+                "the operator to invite it to a later round"
+            )
+        if len(self._subs) + len(self._pending) >= self.config.n_expected:
+            raise NotInvited(
+                f"round {rid!r} already has the n_expected={self.config.n_expected} "
+                "submissions it was opened for: submit to the next round"
             )
         if self._closing:
             raise LateSubmission(
