@@ -37,6 +37,7 @@ def _deployment_file(workdir: Path) -> Path:
 
 # ------------------------------------------------------------------------ up
 def cmd_up(args: argparse.Namespace) -> int:
+    from secagg import transport
     from servers.launcher import LocalDeployment
 
     workdir = Path(args.workdir)
@@ -47,8 +48,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     info = _describe(dep)
     _deployment_file(workdir).write_text(json.dumps(info, indent=2))
     plain = workdir / "worker-tokens.plain.json"
-    plain.write_text(json.dumps(dep.tokens, indent=2))
-    plain.chmod(0o600)
+    transport.write_private(plain, json.dumps(dep.tokens, indent=2))
     print(json.dumps(info, indent=2))
     _progress(f"up. worker tokens: {plain} (keep secret). Ctrl-C stops all three.")
     try:
@@ -304,19 +304,11 @@ def cmd_round(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- tokens
 def _write_secret_json(path: Path, data: dict[str, str]) -> None:
-    """Atomic write, created 0600 (mkstemp's mode): the file holds bearer tokens."""
-    import os
-    import tempfile
+    """The file holds bearer tokens: created 0600 (:func:`secagg.transport.write_private`)."""
+    from secagg import transport
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    transport.write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:

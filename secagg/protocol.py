@@ -36,6 +36,16 @@ class RoundPlan:
         """Raise :class:`secagg.rules.RuleError` if the rule cannot run on n workers."""
         rules.validate_params(self.rule, n, self.f, self.m)
 
+    def selection_size(self, n: int) -> int:
+        """How many of n workers the rule selects (the mean: all of them)."""
+        if self.rule == "krum":
+            return 1
+        if self.rule == "multi-krum":
+            return self.m or n - self.f - 2
+        if self.rule == "bulyan":
+            return rules.bulyan_theta(n, self.f)
+        return n
+
     def divisor(self, n: int, selected: list[int]) -> int:
         """How many values each aggregate coordinate averages."""
         if self.rule == "bulyan":

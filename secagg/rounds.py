@@ -266,6 +266,13 @@ class LateSubmission(RoundError):
     code = "FAILED_PRECONDITION"
 
 
+class NotInvited(RoundError):
+    """The round is full (``n_expected`` workers submitted) or has an invitation list
+    without this worker."""
+
+    code = "PERMISSION_DENIED"
+
+
 class RoundFailed(RoundError):
     code = "FAILED_PRECONDITION"
 
@@ -335,6 +342,10 @@ class RoundConfig:
     skip_validation : bool, default False
         Skip input validation. Only for demonstrating the attack it stops: without it
         a worker can submit a ring element that wraps (see secagg.validation).
+    invited : tuple of str, default ()
+        If not empty, the only workers who may submit (exactly ``n_expected`` distinct
+        registered ids). Either way at most ``n_expected`` workers take part: B's memory
+        and the prepared Gram pair are sized for them.
     """
 
     round_id: str
@@ -350,10 +361,13 @@ class RoundConfig:
     deadline_unix_ms: int
     projections: int = 0
     skip_validation: bool = False
+    invited: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # normalise so that equal configs compare equal (idempotent OpenRound retries)
         object.__setattr__(self, "rule", Rule.parse(self.rule))
+        if isinstance(self.invited, (list, tuple)):
+            object.__setattr__(self, "invited", tuple(self.invited))
         for name in ("n_expected", "f", "dim", "m", "quorum", "deadline_unix_ms", "projections"):
             v = getattr(self, name)
             if _is_int(v):
@@ -465,6 +479,14 @@ class RoundConfig:
             )
         if not 1 <= self.dim <= max_dim:
             raise ValueError(f"dim must be within [1, {max_dim}], got dim={self.dim}")
+        if self.invited:
+            for w in self.invited:
+                check_id("invited worker_id", w)
+            if len(set(self.invited)) != len(self.invited) or len(self.invited) != n:
+                raise ValueError(
+                    f"invited must list exactly n_expected={n} distinct worker ids, got "
+                    f"{len(self.invited)} ({len(set(self.invited))} distinct)"
+                )
         for name in ("scale", "coord_bound", "norm_bound"):
             v = getattr(self, name)
             if not isinstance(v, float) or not math.isfinite(v) or v <= 0:
@@ -482,7 +504,7 @@ class RoundConfig:
         check_headroom(self.encoding_params(), n, self.dim)
         if not isinstance(self.skip_validation, bool):
             raise ValueError(f"skip_validation must be a bool, got {self.skip_validation!r}")
-        vp = self.validation_params()  # checks projections within [1, 256]
+        vp = self.validation_params()  # checks projections within [MIN_PROJECTIONS, 256]
         if vp is not None:
             # an accepted vector may be longer than an honest one (the test's slack):
             # its distances and sums must not wrap either
@@ -520,6 +542,7 @@ class RoundConfig:
             deadline_unix_ms=msg.deadline_unix_ms,
             projections=msg.projections,
             skip_validation=msg.skip_validation,
+            invited=tuple(msg.invited),
         )
 
 
@@ -929,6 +952,16 @@ class Round:
                 f"round {rid!r} closed at deadline_unix_ms={self.config.deadline_unix_ms}: "
                 "submit to the next round"
             )
+        if self.config.invited and worker_id not in self.config.invited:
+            raise NotInvited(
+                f"round {rid!r} has an invitation list without worker {worker_id!r}: ask "
+                "the operator to invite it to a later round"
+            )
+        if len(self._subs) + len(self._pending) >= self.config.n_expected:
+            raise NotInvited(
+                f"round {rid!r} already has the n_expected={self.config.n_expected} "
+                "submissions it was opened for: submit to the next round"
+            )
         if self._closing:
             raise LateSubmission(
                 f"round {rid!r} is fixing its participants and takes no new submissions: "
@@ -1016,6 +1049,18 @@ class Round:
             raise IllegalTransition(
                 f"round {self.round_id!r}: {self.config.rule.value} must compute distances "
                 "and select before revealing (only mean goes straight to reveal)"
+            )
+        validated = not self.config.skip_validation
+        if (
+            validated
+            and frm is RoundState.PARTICIPANTS_FIXED
+            and to in (RoundState.DISTANCES, RoundState.REVEAL)
+        ) or (not validated and to is RoundState.VALIDATION):
+            # the round's configuration fixes whether its inputs are checked: neither
+            # server may skip (or invent) the validation phase
+            raise IllegalTransition(
+                f"round {self.round_id!r}: transition {frm.value} -> {to.value} is not "
+                f"allowed when input validation is {'on' if validated else 'off'}"
             )
         if to is RoundState.FAILED:
             self._failure_reason = reason or "unspecified failure"
@@ -1526,6 +1571,11 @@ class RoundBook:
                 raise ValueError(
                     f"n_expected={config.n_expected} exceeds the {len(self.workers)} "
                     "registered workers: issue more tokens or lower n_expected"
+                )
+            if self.workers is not None and not set(config.invited) <= set(self.workers):
+                raise ValueError(
+                    f"invited lists {len(set(config.invited) - set(self.workers))} workers "
+                    "that are not registered: issue them tokens or fix the list"
                 )
             rnd = Round(
                 config,

@@ -142,18 +142,44 @@ DEFAULT_PKI_NAMES: tuple[str, ...] = ("server-a", "server-b", "dealer", "admin")
 _PKI_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one DNS label
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` with mode 0o600, atomically (never a half-written key)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def write_private(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write a secret file (key, token) atomically, mode 0o600 from its creation.
+
+    The one way secagg writes secrets: the bytes go to a fresh temporary file created
+    with ``O_CREAT | O_EXCL`` and mode 0o600 (``tempfile.mkstemp``), which then replaces
+    ``path``. There is no moment at which the secret sits in a file with wider
+    permissions (``write_text`` followed by ``chmod`` left a 0644 window under umask
+    022), and a reader never sees half a key.
+    """
+    p = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
     try:
         # mkstemp already creates 0o600; fchmod guards against exotic umask/ACL setups
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+            fh.write(raw)
+        os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) if needed and make it 0o700: it holds secrets or
+    logs that only the deployment's user may list and read."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(p, 0o700)  # mkdir's mode is ignored for an existing directory
+    return p
+
+
+def open_private_log(path: str | os.PathLike[str]) -> int:
+    """A file descriptor appending to ``path``, created 0o600 if it does not exist."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+_write_private = write_private
 
 
 def _write_public(path: Path, data: bytes) -> None:

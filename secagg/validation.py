@@ -76,6 +76,11 @@ from secagg.encoding import FRAC_BITS, EncodingError, EncodingParams
 from secagg.prg import AesCtrStream
 
 DEFAULT_PROJECTIONS = 40
+#: The fewest projections a round may ask for: an out-of-bound vector then passes with
+#: probability at most 2^-20 (about 10^-6) per worker and round. Fewer made the bound
+#: meaningless (k = 1: one half) and let a worker probe an honest vector through the
+#: distances of its own accepted out-of-bound vector.
+MIN_PROJECTIONS = 20
 DEFAULT_FALSE_REJECTION = 1e-9
 BLOCK = 1 << 15  # columns of R generated at a time (bounds memory to k·BLOCK entries)
 _LIMIT = 1 << 63
@@ -99,8 +104,11 @@ class ValidationParams:
 
     def __post_init__(self) -> None:
         k, delta = self.projections, self.false_rejection
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 256:
-            raise ValueError(f"projections must be an integer in [1, 256], got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not MIN_PROJECTIONS <= k <= 256:
+            raise ValueError(
+                f"projections must be an integer in [{MIN_PROJECTIONS}, 256] (an out-of-bound "
+                f"vector passes with probability 2^-k), got {k!r}"
+            )
         if not 0.0 < delta < 1.0:
             raise ValueError(f"false_rejection must be in (0, 1), got {delta!r}")
 

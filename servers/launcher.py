@@ -78,16 +78,14 @@ class LocalDeployment:
 
     # -------------------------------------------------------------- lifecycle
     def prepare(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        transport.private_dir(self.workdir)
         if self.tls:
             transport.make_dev_pki(self.pki)
         self.tokens = transport.issue_tokens(self.worker_ids, self.workdir / "worker-tokens.json")
         import secrets
 
         for name in ("peer-token", "admin-token"):
-            p = self.workdir / name
-            p.write_text(secrets.token_urlsafe(32))
-            p.chmod(0o600)
+            transport.write_private(self.workdir / name, secrets.token_urlsafe(32))
         self.admin_token = (self.workdir / "admin-token").read_text()
         for name in (
             "server-a",
@@ -171,9 +169,9 @@ class LocalDeployment:
         """Start one party's process (again, after :meth:`kill`); its log is appended to."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own descriptor
+        logs = transport.private_dir(self.workdir / "logs")
+        fd = transport.open_private_log(logs / f"{name}.log")
+        with os.fdopen(fd, "ab") as out:  # the child keeps its own descriptor
             self.procs[name] = subprocess.Popen(
                 self.command(name), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
             )

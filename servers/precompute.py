@@ -176,9 +176,17 @@ class MatrixBuffer:
 
     def __init__(self) -> None:
         self._flat = np.empty(0, dtype=np.int64)
+        self._used = 0  # elements written since the last wipe
 
     def view(self, n: int, d: int) -> np.ndarray:
         """A C-contiguous (n, d) int64 view; its contents are garbage until written."""
         if self._flat.size < n * d:
             self._flat = np.empty(n * d, dtype=np.int64)
+        self._used = max(self._used, n * d)
         return self._flat[: n * d].reshape(n, d)
+
+    def wipe(self) -> None:
+        """Zero every element a round wrote: the expanded seeds are A's shares, and
+        must not outlive the round in a buffer kept for the next one."""
+        self._flat[: self._used].fill(0)
+        self._used = 0

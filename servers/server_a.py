@@ -22,9 +22,17 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health
 
-from secagg import encoding, mpc, protocol, sharing, transport
+from secagg import encoding, mpc, protocol, rules, sharing, transport
 from secagg.prg import fresh_key
-from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed, RoundState, Rule
+from secagg.rounds import (
+    Round,
+    RoundBook,
+    RoundConfig,
+    RoundError,
+    RoundFailed,
+    RoundState,
+    Rule,
+)
 from secagg.store import StoredOutcome, open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -490,7 +498,11 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 )
                 participants = list(rnd.participants)  # validation may have excluded some
             finally:
-                self.mpc_lock.release()
+                try:
+                    # the expanded seeds are A's shares: zero them before the next round
+                    await asyncio.to_thread(self.matrix.wipe)
+                finally:
+                    self.mpc_lock.release()
 
     async def _prepare_if_ready(self, rnd: Round) -> None:
         """Best effort: without it the distance phase fetches its own Gram pair."""
@@ -612,7 +624,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 participants = rnd.exclude(
                     rejected, f"failed input validation ({vp.projections} projections > T)"
                 )
-                share = share[np.asarray(ok, dtype=bool)]
+                share = share[np.asarray(ok, dtype=bool)]  # a copy: wiped at the end
                 n = len(participants)
                 plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
                 plan.validate(n)
@@ -624,7 +636,13 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             )
             rnd.start_selection()
             out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
-        selected = protocol.choose(plan, distances, n)
+        try:
+            selected = protocol.choose(plan, distances, n)
+        except rules.RuleError as exc:
+            # The rule refused the revealed matrix (e.g. a wrapped, negative distance).
+            # No 2PC step is in flight, so the MPC session stays up; the reason names no
+            # value or position of D (rules.py), since it goes to B, logs and statuses.
+            raise RoundFailed(f"the {cfg.rule.value} rule refused the distances: {exc}") from None
         out.selected_idx = selected
         rnd.start_reveal([participants[i] for i in selected])
         phase = PHASE_OF_RULE.get(cfg.rule, pb.PHASE_REVEAL)
@@ -635,6 +653,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
+        share.fill(0)  # A's shares (a view of self.matrix, or the compacted copy)
 
     async def close(self) -> None:
         self.precompute.shutdown(wait=False, cancel_futures=True)

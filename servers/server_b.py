@@ -329,6 +329,14 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "selection indices out of range or repeated",
                     )
+                if len(selected) != plan.selection_size(n):
+                    # B opens only a sum the round's rule can produce: a selection of
+                    # another size (a single vector under "mean", say) is refused
+                    raise transport.ProtocolError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{plan.rule} selects {plan.selection_size(n)} of {n} workers, "
+                        f"got {len(selected)}",
+                    )
                 if plan.rule == "mean" and cfg.skip_validation:
                     self.session.reset_traffic()
                 rnd.start_reveal([participants[i] for i in selected])

@@ -86,9 +86,9 @@ def fill(rnd: Round, k: int) -> list[str]:
     return ids
 
 
-def drive(book: RoundBook, target: RoundState, rule: str = "krum") -> Round:
+def drive(book: RoundBook, target: RoundState, rule: str = "krum", **over: object) -> Round:
     """A fresh round in state ``target`` via the legal path."""
-    rnd = book.open(cfg(round_id=f"r-{next(_counter)}", rule=rule))
+    rnd = book.open(cfg(round_id=f"r-{next(_counter)}", rule=rule, **over))
     if target is S.OPEN:
         return rnd
     ids = fill(rnd, 7)
@@ -130,6 +130,7 @@ def test_full_krum_life_cycle(book: RoundBook, clock: Clock) -> None:
     clock.t += 1.5
     assert rnd.fix_participants(["w6", "w2", "zz", *ids]) == sorted(WORKERS[:7])
     assert rnd.state is S.PARTICIPANTS_FIXED
+    rnd.start_validation()  # the default config validates inputs: no skipping it
     rnd.start_distances()
     clock.t += 2.0
     rnd.start_selection()
@@ -149,10 +150,32 @@ def test_full_krum_life_cycle(book: RoundBook, clock: Clock) -> None:
 
 
 def test_mean_goes_straight_to_reveal(book: RoundBook) -> None:
-    rnd = drive(book, S.PARTICIPANTS_FIXED, rule="mean")
+    rnd = drive(book, S.PARTICIPANTS_FIXED, rule="mean", skip_validation=True)
     rnd.start_reveal(list(rnd.participants))
     rnd.finish()
     assert rnd.state is S.DONE
+
+
+@pytest.mark.parametrize("rule", ["mean", "krum"])
+def test_a_validated_round_cannot_skip_validation(book: RoundBook, rule: str) -> None:
+    """The configuration says whether inputs are checked; a server told to go straight
+    to distances or reveal (issue #15) refuses."""
+    rnd = drive(book, S.PARTICIPANTS_FIXED, rule=rule)
+    with pytest.raises(IllegalTransition, match="validation is on"):
+        rnd.start_distances()
+    with pytest.raises(IllegalTransition, match="validation is on|must compute distances"):
+        rnd.start_reveal(list(rnd.participants)[:1])
+    assert rnd.state is S.PARTICIPANTS_FIXED and rnd.selected == ()
+    rnd.start_validation()
+    assert rnd.state is S.VALIDATION
+
+
+def test_an_unvalidated_round_cannot_enter_validation(book: RoundBook) -> None:
+    rnd = drive(book, S.PARTICIPANTS_FIXED, rule="krum", skip_validation=True)
+    with pytest.raises(IllegalTransition, match="validation is off"):
+        rnd.start_validation()
+    rnd.start_distances()
+    assert rnd.state is S.DISTANCES
 
 
 _ALL = list(RoundState)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -477,19 +478,19 @@ ERRORS: list[tuple[str, Callable[[], object], list[str]]] = [
     ("empty D", lambda: select("mean", np.zeros((0, 0)), 0), ["n >= 1", "n=0"]),
     ("bool D", lambda: krum(np.zeros((5, 5), dtype=bool), 1), ["dtype bool"]),
     ("complex D", lambda: krum(_D5.astype(complex), 1), ["dtype complex128"]),
-    ("asymmetric D", lambda: krum(_asym(), 1), ["symmetric", "D[0,1]", "D[1,0]"]),
+    ("asymmetric D", lambda: krum(_asym(), 1), ["symmetric"]),
     (
         "asymmetric int D",
         lambda: multi_krum(_with(_D5, 2, 0, 8).astype(np.int64), 1),
-        ["symmetric", "D[0,2]=9", "D[2,0]=8"],
+        ["symmetric"],
     ),
-    ("NaN in D", lambda: krum(_with(_D5, 1, 2, np.nan), 1), ["finite", "D[1,2]=nan"]),
-    ("inf in D", lambda: bulyan_select(_with(_D7, 3, 3, np.inf), 1), ["finite", "D[3,3]=inf"]),
-    ("nonzero diagonal", lambda: krum(_D5 + np.eye(5), 1), ["zero diagonal", "D[0,0]=1.0"]),
+    ("NaN in D", lambda: krum(_with(_D5, 1, 2, np.nan), 1), ["finite"]),
+    ("inf in D", lambda: bulyan_select(_with(_D7, 3, 3, np.inf), 1), ["finite"]),
+    ("nonzero diagonal", lambda: krum(_D5 + np.eye(5), 1), ["zero diagonal"]),
     (
         "negative D",
         lambda: krum(_D5 - 20 * (1 - np.eye(5)), 1),
-        ["distances >= 0", "D[0,1]=-19.0"],
+        ["distances >= 0"],
     ),
     (
         "coordinate theta<2f+3",
@@ -514,6 +515,19 @@ def test_errors_name_the_bound(call: Callable[[], object], fragments: list[str])
     assert isinstance(info.value, ValueError)
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [e[1] for e in ERRORS if e[2][0] in ("symmetric", "finite", "zero diagonal", "distances >= 0")],
+)
+def test_distance_errors_name_no_value_or_position(call: Callable[[], object]) -> None:
+    """D is what only server A may see, and these messages travel to B, logs and
+    statuses (issue #15): they state the condition, never an entry or its place."""
+    with pytest.raises(RuleError) as info:
+        call()
+    msg = str(info.value)
+    assert not re.search(r"D\[|(?<![<>])=\s*-?(\d|nan|inf)", msg), msg
 
 
 def test_krum_bound_boundary_accepted() -> None:

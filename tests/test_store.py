@@ -163,7 +163,7 @@ def test_recovery_rewinds_an_interrupted_2pc_and_keeps_a_revealed_selection(
 
 def test_finished_rounds_keep_receipts_but_drop_payloads(tmp_path: Path) -> None:
     b1 = book(tmp_path, "server-b")
-    rnd = b1.open(cfg("r1", rule="mean", f=0, n_expected=2))
+    rnd = b1.open(cfg("r1", rule="mean", f=0, n_expected=2, skip_validation=True))
     r0 = rnd.submit("w0", "a", share(0))
     rnd.submit("w1", "b", share(1))
     rnd.fix_participants({"w0": "a", "w1": "b"})
@@ -191,7 +191,7 @@ def test_shares_left_by_a_stop_before_the_erasure_are_erased_at_the_next_start(
     db = b1.store
     assert isinstance(db, SqliteStore)
     db._schedule_purge = lambda rid: None  # type: ignore[method-assign]  # "crash" first
-    rnd = b1.open(cfg("r1", rule="mean", f=0, n_expected=2))
+    rnd = b1.open(cfg("r1", rule="mean", f=0, n_expected=2, skip_validation=True))
     rnd.submit("w0", "a", share(0))
     rnd.submit("w1", "b", share(1))
     rnd.fix_participants({"w0": "a", "w1": "b"})

@@ -59,7 +59,7 @@ PHASE_VALIDATION: Phase
 PHASE_PREPARE: Phase
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms", "projections", "skip_validation")
+    __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms", "projections", "skip_validation", "invited")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     N_EXPECTED_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class RoundConfig(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PROJECTIONS_FIELD_NUMBER: _ClassVar[int]
     SKIP_VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    INVITED_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     n_expected: int
     f: int
@@ -86,7 +87,8 @@ class RoundConfig(_message.Message):
     deadline_unix_ms: int
     projections: int
     skip_validation: bool
-    def __init__(self, round_id: _Optional[str] = ..., n_expected: _Optional[int] = ..., f: _Optional[int] = ..., rule: _Optional[_Union[Rule, str]] = ..., m: _Optional[int] = ..., dim: _Optional[int] = ..., scale: _Optional[float] = ..., coord_bound: _Optional[float] = ..., norm_bound: _Optional[float] = ..., quorum: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., projections: _Optional[int] = ..., skip_validation: _Optional[bool] = ...) -> None: ...
+    invited: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round_id: _Optional[str] = ..., n_expected: _Optional[int] = ..., f: _Optional[int] = ..., rule: _Optional[_Union[Rule, str]] = ..., m: _Optional[int] = ..., dim: _Optional[int] = ..., scale: _Optional[float] = ..., coord_bound: _Optional[float] = ..., norm_bound: _Optional[float] = ..., quorum: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., projections: _Optional[int] = ..., skip_validation: _Optional[bool] = ..., invited: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Exclusion(_message.Message):
     __slots__ = ("worker_id", "reason")
