@@ -121,12 +121,19 @@ def dep(tmp_path_factory):
 
 
 @contextmanager
-def admin_stub(dep: LocalDeployment) -> Iterator[pbg.AdminStub]:
+def operator_channel(dep: LocalDeployment) -> Iterator[grpc.Channel]:
+    """Server A's control port with the operator's certificate (CN "admin")."""
     ca = (dep.pki / "ca.pem").read_bytes()
     creds = grpc.ssl_channel_credentials(
         ca, (dep.pki / "admin.key").read_bytes(), (dep.pki / "admin.pem").read_bytes()
     )
     with grpc.secure_channel(dep.control_a, creds) as ch:
+        yield ch
+
+
+@contextmanager
+def admin_stub(dep: LocalDeployment) -> Iterator[pbg.AdminStub]:
+    with operator_channel(dep) as ch:
         yield pbg.AdminStub(ch)
 
 
@@ -267,14 +274,16 @@ def test_multi_krum_selection_is_in_pick_order(dep):
         norm_bound=20.0,
         deadline_unix_ms=int((time.time() + 60) * 1000),
     )
+    ref = pb.RoundRef(round_id=opened.round_id)
     with worker_stubs(dep) as (wa, wb):
         for i, row in enumerate(rows):
             submit(dep, wa, wb, opened, f"s{i}", row)
         st = wait_final(wa, dep, opened.round_id)
         assert st.state == pb.ROUND_STATE_DONE, st.failure_reason
-        head = next(
-            iter(wa.GetAggregate(pb.RoundRef(round_id=opened.round_id), metadata=md(dep, "s0")))
-        ).header
+        head = next(iter(wa.GetAggregate(ref, metadata=md(dep, "s0")))).header
+    with operator_channel(dep) as ch:  # the pick order is the operator's to see
+        report = pbg.AdminStub(ch).GetRoundReport(ref, timeout=30)
+        op_head = next(iter(pbg.WorkerStub(ch).GetAggregate(ref, timeout=30))).header
     enc = [encode(r, 1.0) for r in rows]
     dist = [[sum((a - b) ** 2 for a, b in zip(u, v, strict=True)) for v in enc] for u in enc]
     k = n - f - 2
@@ -282,7 +291,10 @@ def test_multi_krum_selection_is_in_pick_order(dep):
     order = sorted(range(n), key=lambda i: (score[i], i))[: n - f - 2]  # default m
     want = [f"s{i}" for i in order]
     assert want != sorted(want)  # the check means something
-    assert list(st.selected) == list(head.selected) == want
+    assert list(report.status.selected) == list(op_head.selected) == want
+    assert [report.status.participants[i] for i in report.selected_indices] == want
+    # a worker is shown the selected set (in pick order or sorted, §10)
+    assert sorted(st.selected) == sorted(head.selected) == sorted(want)
 
 
 # ------------------------------------------------------------ §10: failure and exclusion
@@ -338,10 +350,15 @@ def test_mismatched_submission_ids_are_named_on_both_servers(dep):
         )
         wb.SubmitShare(chunk_stream(opened, "s3", "two", blob), metadata=md(dep, "s3"), timeout=30)
         st_a = wait_final(wa, dep, rid)
-        st_b = wb.GetRoundStatus(pb.RoundRef(round_id=rid), metadata=md(dep, "s0"), timeout=10)
+        # the excluded worker reads its own exclusion on each server
+        ref = pb.RoundRef(round_id=rid)
+        own_a = wa.GetRoundStatus(ref, metadata=md(dep, "s3"), timeout=10)
+        own_b = wb.GetRoundStatus(ref, metadata=md(dep, "s3"), timeout=10)
+    with admin_stub(dep) as adm:
+        op = adm.GetRoundReport(ref, timeout=30).status
     assert st_a.state == pb.ROUND_STATE_DONE, st_a.failure_reason
     assert list(st_a.participants) == ["s0", "s1", "s2"]
-    for st in (st_a, st_b):
+    for st in (own_a, own_b, op):
         why = {e.worker_id: e.reason for e in st.excluded}
         assert set(why) == {"s3"} and "different submission ids" in why["s3"], why
 
@@ -473,11 +490,10 @@ def test_wrong_server_is_unimplemented(dep, probe):
                 )
             )
         )
+    with operator_channel(dep) as ch:  # may read any round (a worker: only its own)
         e4 = refused(
             lambda: list(
-                wa.GetAggregate(
-                    pb.RoundRef(round_id=probe.round_id), metadata=md(dep, "s1"), timeout=10
-                )
+                pbg.WorkerStub(ch).GetAggregate(pb.RoundRef(round_id=probe.round_id), timeout=10)
             )
         )
     assert e1.code() == e2.code() == e3.code() == SC.UNIMPLEMENTED
