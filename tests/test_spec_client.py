@@ -8,8 +8,9 @@ servers ever disagree, this test fails.
 
 Beyond the honest round there is one test per rule the documents make normative: the
 exact norm bound (§2.2) and its vectors (§8.4), the id grammar (§9), where a worker
-reads a round's parameters and the selection's pick order (§10), and each refusal of
-the error table (§11) with its status code, a refused stream storing nothing.
+reads a round's parameters and the selection's pick order (§10), a retry resending the
+same submission (§3), and each refusal of the error table (§11) with its status code, a
+refused stream storing nothing.
 """
 
 from __future__ import annotations
@@ -627,3 +628,32 @@ def test_ids_at_the_grammars_edges_are_accepted(dep):
         )
         rb = wb.SubmitShare(chunk_stream(cfg, "s1", sid, blob), metadata=md(dep, "s1"), timeout=10)
     assert ra.submission_id == rb.submission_id == sid
+
+
+# ------------------------------------------------------------------ §3: retries resume
+
+
+def test_a_retry_resends_the_same_submission_and_gets_the_same_receipts(dep):
+    cfg = open_round(dep)
+    seed, blob = split([0.5] * cfg.dim, 1.0)
+    sid = uuid.uuid4().hex
+    msg = seed_msg(cfg, "s1", seed=seed, submission_id=sid)
+    with worker_stubs(dep) as (wa, wb):
+        first_a = wa.SubmitSeed(msg, metadata=md(dep, "s1"), timeout=10)
+        # the share's upload was "lost": the retry resends both halves, A first
+        again_a = wa.SubmitSeed(msg, metadata=md(dep, "s1"), timeout=10)
+        first_b = wb.SubmitShare(
+            chunk_stream(cfg, "s1", sid, blob), metadata=md(dep, "s1"), timeout=10
+        )
+        again_b = wb.SubmitShare(
+            chunk_stream(cfg, "s1", sid, blob), metadata=md(dep, "s1"), timeout=10
+        )
+        # a new seed under the same submission id is refused: the first write stands
+        other = seed_msg(cfg, "s1", submission_id=sid)
+        err = refused(lambda: wa.SubmitSeed(other, metadata=md(dep, "s1"), timeout=10))
+        ref = pb.RoundRef(round_id=cfg.round_id)
+        received = [w.GetRoundStatus(ref, metadata=md(dep, "s1")).received for w in (wa, wb)]
+    assert again_a == first_a and again_b == first_b  # byte-identical receipts
+    assert first_a.submission_id == first_b.submission_id == sid
+    assert err.code() == SC.ALREADY_EXISTS
+    assert received == [1, 1]
