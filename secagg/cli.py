@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -43,23 +45,47 @@ def cmd_up(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     ids = [f"worker-{i:03d}" for i in range(args.workers)]
     dep = LocalDeployment(workdir, ids, tls=not args.insecure)
-    _progress(f"starting server A, server B and the dealer in {workdir} ...")
-    dep.start()
-    info = _describe(dep)
-    _deployment_file(workdir).write_text(json.dumps(info, indent=2))
     plain = workdir / "worker-tokens.plain.json"
-    transport.write_private(plain, json.dumps(dep.tokens, indent=2))
-    print(json.dumps(info, indent=2))
-    _progress(f"up. worker tokens: {plain} (keep secret). Ctrl-C stops all three.")
+    if _reuse_workdir(dep, plain):
+        _progress(f"reusing the worker tokens, ports and credentials in {workdir}")
+    # A supervisor: SIGTERM or SIGINT stops the children and waits for them (never
+    # leaves them to init), a child that dies is restarted (durable state makes that
+    # safe). The handlers go in first: a signal during start-up stops cleanly too.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while all(p.poll() is None for p in dep.procs.values()):
-            time.sleep(0.5)
-        _progress("a process exited; see the logs in " + str(workdir / "logs"))
-        return 1
-    except KeyboardInterrupt:
-        return 0
+        _progress(f"starting server A, server B and the dealer in {workdir} ...")
+        dep.start()
+        dep.save_ports()
+        info = _describe(dep)
+        _deployment_file(workdir).write_text(json.dumps(info, indent=2))
+        transport.write_private(plain, json.dumps(dep.tokens, indent=2))
+        print(json.dumps(info, indent=2), flush=True)
+        _progress(
+            f"up. worker tokens: {plain} (keep secret). A process that exits is restarted; "
+            "Ctrl-C (or SIGTERM) stops all three."
+        )
+        return dep.supervise(stop, _progress)
     finally:
+        _progress("stopping server A, server B and the dealer ...")
         dep.stop()
+
+
+def _reuse_workdir(dep, plain: Path) -> bool:  # noqa: ANN001
+    """A re-run on the same workdir keeps its worker tokens and ports (issue #17)."""
+    try:
+        tokens = json.loads(plain.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(tokens, dict):
+        return False
+    if sorted(tokens) != sorted(dep.worker_ids):
+        raise SystemExit(
+            f"{dep.workdir} holds tokens for {len(tokens)} workers, not {len(dep.worker_ids)}:"
+            f" pass --workers {len(tokens)}, or use a new --workdir for new tokens"
+        )
+    return bool(dep.reuse(tokens))
 
 
 def _describe(dep) -> dict:  # noqa: ANN001

@@ -7,11 +7,14 @@ per-party certificates are made in the working directory first.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +102,73 @@ class LocalDeployment:
             "mpc-dealer",
         ):
             self.ports[name] = free_port()
+
+    # ------------------------------------------------------- `secagg up` re-runs
+    @property
+    def ports_file(self) -> Path:
+        return self.workdir / "ports.json"
+
+    def save_ports(self) -> None:
+        """Keep the ports in the workdir: a re-run of ``secagg up`` listens there again."""
+        self.ports_file.write_text(json.dumps(self.ports, indent=2, sort_keys=True))
+
+    def reuse(self, tokens: dict[str, str]) -> bool:
+        """Take the ports and credentials a previous run left in the workdir.
+
+        ``tokens`` are the plaintext worker tokens that run handed out (the caller
+        keeps them); they must be for this deployment's workers. Returns False, and
+        changes nothing, if anything is missing: then :meth:`prepare` makes new ones.
+        """
+        needed = [self.ports_file, self.workdir / "worker-tokens.json"]
+        needed += [self.workdir / n for n in ("peer-token", "admin-token")]
+        if self.tls:
+            needed += [self.pki / "ca.pem"]
+        if not all(p.exists() for p in needed) or sorted(tokens) != sorted(self.worker_ids):
+            return False
+        store = transport.TokenStore.load(self.workdir / "worker-tokens.json")
+        if not all(store.verify(w, t) for w, t in tokens.items()):
+            return False  # the plaintext and the hashed files are from different runs
+        self.ports = {str(k): int(v) for k, v in json.loads(self.ports_file.read_text()).items()}
+        self.tokens = dict(tokens)
+        self.admin_token = (self.workdir / "admin-token").read_text()
+        return True
+
+    def supervise(
+        self,
+        stop: threading.Event,
+        say: Callable[[str], None],
+        *,
+        poll_s: float = 0.5,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+    ) -> int:
+        """Run until ``stop`` is set, restarting any party that exits (``secagg up``).
+
+        Durable state makes a restart safe: a restarted server resumes its rounds, and
+        the session is rebuilt (servers.session). A party that exits more than
+        ``max_restarts`` times within ``window_s`` is given up on (a crash loop wants
+        a person): returns 1; returns 0 once ``stop`` is set. The caller stops the
+        children (:meth:`stop`).
+        """
+        exits: dict[str, list[float]] = {name: [] for name in self.procs}
+        while not stop.wait(poll_s):
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in exits[name] if now - t < window_s] + [now]
+                exits[name] = recent
+                log = self.workdir / "logs" / f"{name}.log"
+                if len(recent) > max_restarts:
+                    say(
+                        f"{name} exited {len(recent)} times within {window_s:.0f} s (last "
+                        f"code {code}); giving up: see {log}"
+                    )
+                    return 1
+                say(f"{name} exited with code {code}; restarting it (see {log})")
+                self.spawn(name)
+        return 0
 
     def command(self, name: str) -> list[str]:
         module = {
