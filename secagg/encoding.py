@@ -100,7 +100,8 @@ class EncodingParams:
     coord_bound : float
         Bound C on every ``|scale · x_i|``.
     norm_bound : float
-        Bound L on ``||scale · x||_2``; must be ``< MAX_NORM_BOUND`` (2^14.5).
+        Bound L on ``||scale · x||_2``, checked exactly on the encoded integers
+        (``Σ x̃_i² <= (L·2^16)²``); must be ``< MAX_NORM_BOUND`` (2^14.5).
 
     Raises
     ------
