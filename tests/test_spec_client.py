@@ -193,12 +193,13 @@ def chunk_stream(
 
 
 def wait_final(stub: pbg.WorkerStub, dep: LocalDeployment, rid: str) -> pb.RoundStatus:
-    for _ in range(1200):
-        st = stub.GetRoundStatus(pb.RoundRef(round_id=rid), metadata=md(dep, "s0"), timeout=10)
+    end = time.monotonic() + 300  # generous: a loaded CI machine
+    while True:
+        st = stub.GetRoundStatus(pb.RoundRef(round_id=rid), metadata=md(dep, "s0"), timeout=30)
         if st.state in (pb.ROUND_STATE_DONE, pb.ROUND_STATE_FAILED):
             return st
+        assert time.monotonic() < end, f"round {rid} still {st.state} after 300 s"
         time.sleep(0.1)
-    raise AssertionError(f"round {rid} did not finish: {st}")
 
 
 def submit(
@@ -304,7 +305,7 @@ def test_multi_krum_selection_is_in_pick_order(dep):
 def test_too_few_workers_fail_cleanly_on_both_servers(dep):
     # Krum with f = 1 needs 2f+3 = 5 participants; 4 arrive before the deadline
     opened = open_round(
-        dep, n_expected=5, f=1, rule=pb.RULE_KRUM, deadline_unix_ms=int((time.time() + 4) * 1000)
+        dep, n_expected=5, f=1, rule=pb.RULE_KRUM, deadline_unix_ms=int((time.time() + 8) * 1000)
     )
     rid = opened.round_id
     with worker_stubs(dep) as (wa, wb):
@@ -336,7 +337,7 @@ def test_too_few_workers_fail_cleanly_on_both_servers(dep):
 
 
 def test_mismatched_submission_ids_are_named_on_both_servers(dep):
-    opened = open_round(dep, n_expected=4, deadline_unix_ms=int((time.time() + 4) * 1000))
+    opened = open_round(dep, n_expected=4, deadline_unix_ms=int((time.time() + 8) * 1000))
     rid = opened.round_id
     with worker_stubs(dep) as (wa, wb):
         for i in range(3):
