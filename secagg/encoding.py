@@ -100,7 +100,8 @@ class EncodingParams:
     coord_bound : float
         Bound C on every ``|scale · x_i|``.
     norm_bound : float
-        Bound L on ``||scale · x||_2``; must be ``< MAX_NORM_BOUND`` (2^14.5).
+        Bound L on ``||scale · x||_2``, checked exactly on the encoded integers
+        (``Σ x̃_i² <= (L·2^16)²``); must be ``< MAX_NORM_BOUND`` (2^14.5).
 
     Raises
     ------
@@ -392,11 +393,12 @@ def clip_to_bounds(x: ArrayLike, params: EncodingParams) -> np.ndarray:
         # shrinking never raises |fl(y_i·f)| (f < 1, monotone rounding), so coordinate
         # bounds still hold; only the norm needs re-checking, on the encoded integers
         # as encode checks it (rounding to 2^-16 can add up to sqrt(d)/2 units)
-        shrink = 2.0**-40
         factor = min(1.0, nb / norm)
         z = y * factor
+        # rounding to 2^-16 adds at most sqrt(d)/2 units to the encoded norm, so this
+        # shrink always suffices up to float ulps (then doubled); one or two encodes
+        shrink = math.sqrt(y.size) / (2.0 * nb * _ONE) + 2.0**-40
         while sum_of_squares(_encode_unchecked(z * scale)) > limit:
-            # doubling: at most twice the shrink rounding needed (~sqrt(d)/(L·2^17))
             z = y * (factor * (1.0 - min(shrink, 1.0)))
             shrink *= 2.0
         y = z

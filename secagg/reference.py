@@ -35,8 +35,8 @@ class ReferenceResult:
         float64 (d,). For :func:`aggregate`, in the input's units; for
         :func:`aggregate_encoded`, ``encoded_sum / divisor`` still in encoded units.
     selected : list[int]
-        Selected workers: all for mean, one for Krum, ascending for Multi-Krum, pick
-        order for Bulyan.
+        Selected workers in the rule's pick order: all for mean, one for Krum,
+        lowest score first for Multi-Krum, Bulyan's recursive picks in order.
     distances : np.ndarray
         The n×n squared-distance matrix the selection was made on (float64, or exact
         int64 for encoded input).

@@ -391,9 +391,8 @@ class RoundConfig:
         """Multi-Krum's m for ``n`` actual participants; None for the other rules.
 
         ``min(m, n - f - 2)`` (``n - f - 2`` when m is 0): the seeds' bound
-        ``m <= n - f - 2`` must hold for the participants actually present, so that a
-        worker dropping out neither fails the round nor lets a Byzantine vector into
-        the average.
+        ``m <= n - f - 2`` must hold for the participants actually present, so a
+        worker dropping out does not fail the round and the bound keeps holding.
         """
         if self.rule is not Rule.MULTI_KRUM:
             return None

@@ -326,6 +326,18 @@ def test_fix_participants_intersection_and_mismatch(book: RoundBook) -> None:
         rnd.fix_participants(WORKERS)
 
 
+def test_the_mismatch_the_other_server_reported_is_the_exclusion_reason(book: RoundBook) -> None:
+    # server A's side: B answers with its participants and the workers it found
+    # mismatched; A's exclusion reason names that cause, as B's does
+    rnd = book.open(cfg(n_expected=8))
+    fill(rnd, 8)
+    assert rnd.fix_participants(WORKERS[1:7], mismatched=["w0", "w9"]) == WORKERS[1:7]
+    assert rnd.mismatched == ("w0",)  # w9 is not held here
+    why = rnd.excluded
+    assert why["w0"] == "mismatched: the servers hold different submission ids for it"
+    assert why["w7"].startswith("dropped out")
+
+
 def test_too_few_participants_fail_the_round(book: RoundBook) -> None:
     rnd = book.open(cfg())
     fill(rnd, 7)

@@ -305,7 +305,7 @@ def test_multi_krum_selection_is_in_pick_order(dep):
 def test_too_few_workers_fail_cleanly_on_both_servers(dep):
     # Krum with f = 1 needs 2f+3 = 5 participants; 4 arrive before the deadline
     opened = open_round(
-        dep, n_expected=5, f=1, rule=pb.RULE_KRUM, deadline_unix_ms=int((time.time() + 4) * 1000)
+        dep, n_expected=5, f=1, rule=pb.RULE_KRUM, deadline_unix_ms=int((time.time() + 8) * 1000)
     )
     rid = opened.round_id
     with worker_stubs(dep) as (wa, wb):
@@ -337,7 +337,7 @@ def test_too_few_workers_fail_cleanly_on_both_servers(dep):
 
 
 def test_mismatched_submission_ids_are_named_on_both_servers(dep):
-    opened = open_round(dep, n_expected=4, deadline_unix_ms=int((time.time() + 4) * 1000))
+    opened = open_round(dep, n_expected=4, deadline_unix_ms=int((time.time() + 8) * 1000))
     rid = opened.round_id
     with worker_stubs(dep) as (wa, wb):
         for i in range(3):

@@ -351,10 +351,21 @@ def test_read_share_stream_validates_header_and_round() -> None:
         lambda: read_share_stream(_chunks(share), dims, authenticated_worker="w2"),
     )
     assert "w2" in err.message
-    # a later chunk switching to another submission
+    # a later chunk switching to another submission, or changing any header field alone
+    for field, value in (
+        ("submission_id", "s2"),
+        ("dim", 6),
+        ("round_id", "r2"),
+        ("worker_id", "w2"),
+    ):
+        msgs = _chunks(share)
+        setattr(msgs[1], field, value)
+        err = _assert_refused(SC.INVALID_ARGUMENT, read_share_stream, msgs, dims)
+        assert field in err.message
+    # a later chunk repeating part of the header unchanged is fine
     msgs = _chunks(share)
-    msgs[1].submission_id = "s2"
-    _assert_refused(SC.INVALID_ARGUMENT, read_share_stream, msgs, dims)
+    msgs[2].submission_id, msgs[2].dim = "s1", 5
+    read_share_stream(msgs, dims)
     # a later chunk repeating the same header is fine
     msgs = _chunks(share)
     msgs[1].MergeFrom(
