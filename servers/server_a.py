@@ -94,7 +94,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.session: mpc.MpcSession | None = None
         self.mpc_lock = asyncio.Lock()  # one 2PC computation at a time
         self.tasks: dict[str, asyncio.Task] = {}
-        self.channel = common.client_channel(peer, settings.tls)
+        self.channel = common.client_channel(peer, settings.tls, transport.SERVER_B_NAME)
         self.peer = pbg.PeerStub(self.channel)
         self.health: health.aio.HealthServicer | None = None  # serve() sets it
         # builds, watches and rebuilds the MPC session with B and the dealer
