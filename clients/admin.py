@@ -15,7 +15,7 @@ import grpc
 
 from clients.sdk import SecAggClientError, client_error_from_rpc
 from secagg.rounds import RoundConfig, RoundState
-from secagg.transport import TlsConfig, make_channel
+from secagg.transport import SERVER_A_NAME, TlsConfig, make_channel
 from secagg.v1 import secagg_pb2, secagg_pb2_grpc
 
 __all__ = ["AdminClient"]
@@ -66,7 +66,9 @@ class AdminClient:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self._md = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = make_channel(server_a, tls, server_name=server_name)
+        # pin server A's identity (any party's dev certificate carries the host name)
+        pinned = server_name or (SERVER_A_NAME if tls is not None else None)
+        self._channel = make_channel(server_a, tls, server_name=pinned)
         self._stub = secagg_pb2_grpc.AdminStub(self._channel)
 
     def close(self) -> None:

@@ -35,6 +35,8 @@ import numpy as np
 from secagg import encoding, sharing
 from secagg.rounds import Receipt, RoundState, check_id, payload_digest
 from secagg.transport import (
+    SERVER_A_NAME,
+    SERVER_B_NAME,
     ProtocolError,
     TlsConfig,
     make_channel,
@@ -233,8 +235,12 @@ class SecAggClient:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._unfinished: dict[str, str] = {}  # round id -> its unfinished submission id
         self._metadata = worker_metadata(worker_id, token)
-        self._chan_a = make_channel(server_a, tls, server_name=server_names[0])
-        self._chan_b = make_channel(server_b, tls, server_name=server_names[1])
+        # pin each server's identity: with TLS a certificate must name server-a (or
+        # server-b), not merely the host dialled, which any party's dev cert carries
+        name_a = server_names[0] or (SERVER_A_NAME if tls is not None else None)
+        name_b = server_names[1] or (SERVER_B_NAME if tls is not None else None)
+        self._chan_a = make_channel(server_a, tls, server_name=name_a)
+        self._chan_b = make_channel(server_b, tls, server_name=name_b)
         self._a = secagg_pb2_grpc.WorkerStub(self._chan_a)
         self._b = secagg_pb2_grpc.WorkerStub(self._chan_b)
         self._targets = {"server-a": server_a, "server-b": server_b}

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import socket
 import ssl
@@ -93,7 +94,14 @@ MAX_MESSAGE_BYTES = 1 << 34
 """A peer's header announcing more than this is a protocol error (16 GiB: the dealer's
 own cap of 2^31 int64 elements)."""
 MAX_DIMS = 8
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 3.0
+"""Each inbound connection must finish TLS and hello within this; handshakes run
+concurrently, so an idle connection delays no other (a loopback handshake takes ms)."""
+MAX_PENDING_HANDSHAKES = 16
+"""Inbound connections handshaking at once; more are closed before TLS."""
+SOURCE_CHECK_ENV = "SECAGG_MPC_SOURCE_CHECK"
+"""Set to 0 to accept MPC links from any source address (e.g. behind a NAT that hides
+the peers' configured addresses); by default only the configured peers' addresses."""
 _SMALL = 64 << 10  # payloads this small go out in one write together with their header
 
 _MSG = struct.Struct("<4sBBHQQ")  # magic, dtype code, ndim, reserved, seq, payload bytes
@@ -552,7 +560,16 @@ class TlsLinks:
         if listener is not None:
             acceptor = threading.Thread(
                 target=_accept_loop,
-                args=(listener, layer, rank, expected, deadline, stop, accepted),
+                args=(
+                    listener,
+                    layer,
+                    rank,
+                    expected,
+                    deadline,
+                    stop,
+                    accepted,
+                    peer_sources(ep, expected),
+                ),
                 name="mpc-accept",
                 daemon=True,
             )
@@ -640,19 +657,39 @@ def _hello_reply(sock: socket.socket, ok: bool, reason: str = "") -> None:
     sock.sendall(_REPLY.pack(_REPLY_MAGIC, 0 if ok else 1, len(msg)) + msg)
 
 
+def peer_sources(ep: MpcEndpoint, senders: Sequence[int]) -> frozenset[str] | None:
+    """IP addresses the ``senders`` may connect from: their configured MPC addresses,
+    resolved. None (any source) when one of them has no address here, when a name does
+    not resolve, or when ``SECAGG_MPC_SOURCE_CHECK=0``."""
+    if os.environ.get(SOURCE_CHECK_ENV, "1") == "0":
+        return None
+    out: set[str] = set()
+    for r in senders:
+        addr = ep.peers.get(PARTY_NAMES[r])
+        if not addr:
+            return None
+        host, port = parse_addr(addr)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            return None
+        out.update(str(info[4][0]) for info in infos)
+    return frozenset(out)
+
+
 def _accept_one(
-    listener: socket.socket,
+    raw: socket.socket,
+    addr: tuple[Any, ...],
     layer: Any,
     rank: int,
     expected: Sequence[int],
     deadline: float,
     impostors: dict[int, str] | None = None,
 ) -> tuple[int | None, socket.socket | None, str | None]:
-    """One connection attempt: (peer rank, socket, None) or (None, None, why refused).
+    """One accepted connection: (peer rank, socket, None) or (None, None, why refused).
 
     A certificate that names another party than the one claimed is also recorded in
     ``impostors`` under the claimed rank."""
-    raw, addr = listener.accept()
     where = f"{addr[0]}:{addr[1]}"
     raw.settimeout(max(0.1, min(HANDSHAKE_TIMEOUT_S, deadline - time.monotonic())))
     try:
@@ -701,7 +738,41 @@ def _accept_loop(
     deadline: float,
     stop: threading.Event,
     acc: _Accepted,
+    sources: frozenset[str] | None = None,
 ) -> None:
+    """Accept until every expected peer has a link. Each connection is handshaken on
+    its own thread with a short timeout, so idle or slow connections cannot hold up
+    the real peers; connections from other addresses than the peers' are closed
+    before any TLS, and at most MAX_PENDING_HANDSHAKES run at once."""
+    lock = threading.Lock()
+    pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+
+    def handle(raw: socket.socket, addr: tuple[Any, ...]) -> None:
+        try:
+            peer, sock, why = _accept_one(
+                raw, addr, layer, rank, expected, deadline, acc.impostors
+            )
+            with lock:
+                if why is None and peer is not None and sock is not None:
+                    if peer in acc.links or stop.is_set():
+                        with contextlib.suppress(OSError):
+                            _hello_reply(sock, False, "duplicate link")
+                        _close(sock)
+                        why = f"a second link from {party(peer)} was refused"
+                    else:
+                        _tune(sock)
+                        acc.links[peer] = sock
+                        return
+                assert why is not None
+                log.warning("mpc: %s refused a link: %s", party(rank), why)
+                acc.rejected.append(why)
+        except Exception as exc:  # never let one connection end the acceptor
+            _close(raw)
+            with lock:
+                acc.rejected.append(f"connection from {addr[0]} failed: {exc}")
+        finally:
+            pending.release()
+
     try:
         while not stop.is_set() and any(r not in acc.links for r in expected):
             left = deadline - time.monotonic()
@@ -709,24 +780,21 @@ def _accept_loop(
                 return
             listener.settimeout(min(0.2, left))
             try:
-                peer, sock, why = _accept_one(
-                    listener, layer, rank, expected, deadline, acc.impostors
-                )
+                raw, addr = listener.accept()
             except TimeoutError:
                 continue
-            if why is not None:
-                log.warning("mpc: %s refused a link: %s", party(rank), why)
-                acc.rejected.append(why)
+            if sources is not None and addr[0] not in sources:
+                _close(raw)  # not a peer's address: no TLS, no log flood
+                with lock:
+                    if len(acc.rejected) < 100:
+                        acc.rejected.append(f"{addr[0]} is not a configured peer address")
                 continue
-            assert peer is not None and sock is not None
-            if peer in acc.links:
-                with contextlib.suppress(OSError):
-                    _hello_reply(sock, False, "duplicate link")
-                _close(sock)
-                acc.rejected.append(f"a second link from {party(peer)} was refused")
+            if not pending.acquire(blocking=False):
+                _close(raw)
                 continue
-            _tune(sock)
-            acc.links[peer] = sock
+            threading.Thread(
+                target=handle, args=(raw, addr), name="mpc-handshake", daemon=True
+            ).start()
     except OSError as exc:
         if not stop.is_set():
             acc.error = exc

@@ -139,6 +139,17 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
 # ---------------------------------------------------------------------------- PKI
 
 DEFAULT_PKI_NAMES: tuple[str, ...] = ("server-a", "server-b", "dealer", "admin")
+#: The identities a gRPC client pins (TLS name check against the certificate's SAN).
+SERVER_A_NAME = "server-a"
+SERVER_B_NAME = "server-b"
+#: Identities that only ever act as TLS clients: their certificates carry only the
+#: clientAuth usage and their own name, so they cannot pose as a server.
+CLIENT_ONLY_NAMES: frozenset[str] = frozenset({"admin"})
+
+
+def is_client_only(name: str) -> bool:
+    """Whether the dev PKI issues ``name`` a client-only certificate (admin, workers)."""
+    return name in CLIENT_ONLY_NAMES or name.startswith("worker-")
 _PKI_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one DNS label
 
 
@@ -205,9 +216,13 @@ def make_dev_pki(
     """Create a development CA and one mTLS key pair per name.
 
     Layout: ``ca.pem``/``ca.key`` and ``<name>.pem``/``<name>.key`` in ``out_dir``. Each
-    leaf certificate has CN and SAN DNS ``<name>``, plus SAN ``localhost`` and
-    ``127.0.0.1``, and is valid for both TLS server and client authentication. Keys are
-    EC P-256, unencrypted PKCS#8 PEM (gRPC cannot read encrypted keys), mode 0o600.
+    leaf certificate has CN and SAN DNS ``<name>``. The parties (server A, server B, the
+    dealer) are TLS servers and clients (Peer, MPC links): their certificates carry both
+    usages and also SAN ``localhost`` and ``127.0.0.1`` (local health probes); secagg's
+    own clients pin the party's name, not the host (:data:`SERVER_A_NAME`). The admin
+    and workers (:func:`is_client_only`) get clientAuth only and only their name, so
+    their certificates cannot serve as a server's. Keys are EC P-256, unencrypted PKCS#8
+    PEM (gRPC cannot read encrypted keys), mode 0o600.
 
     Idempotent: an existing CA is reused, never overwritten, and only missing, expired
     or foreign-signed leaves are (re)issued. ``force=True`` replaces the CA and re-issues
@@ -333,6 +348,15 @@ def make_dev_pki(
                 current = False
             if current:
                 continue
+        client_only = is_client_only(name)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        alt_names: list[x509.GeneralName] = [x509.DNSName(name)]
+        if not client_only:
+            usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+            alt_names += [
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ]
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -357,22 +381,8 @@ def make_dev_pki(
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName(name),
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )

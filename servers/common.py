@@ -381,12 +381,17 @@ async def watch_store(
         await asyncio.sleep(interval_s)
 
 
-def client_channel(target: str, tls: transport.TlsConfig | None) -> grpc.aio.Channel:
+def client_channel(
+    target: str, tls: transport.TlsConfig | None, server_name: str | None = None
+) -> grpc.aio.Channel:
+    """A channel to another party; with TLS its certificate must name ``server_name``
+    (pinned, not just the host dialled: every dev certificate carries localhost)."""
     if tls is None:
         return grpc.aio.insecure_channel(target, options=transport.channel_options())
-    return grpc.aio.secure_channel(
-        target, tls.channel_credentials(), options=transport.channel_options()
-    )
+    options = transport.channel_options()
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
 
 
 async def abort_for(context: grpc.aio.ServicerContext, exc: Exception) -> None:

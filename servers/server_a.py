@@ -110,7 +110,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.tasks: dict[str, asyncio.Task] = {}
         self._opening: dict[str, asyncio.Future[Round]] = {}  # OpenRound in progress
         self.open_forward_timeout_s = OPEN_FORWARD_TIMEOUT_S
-        self.channel = common.client_channel(peer, settings.tls)
+        self.channel = common.client_channel(peer, settings.tls, transport.SERVER_B_NAME)
         self.peer = pbg.PeerStub(self.channel)
         self.health: health.aio.HealthServicer | None = None  # serve() sets it
         # builds, watches and rebuilds the MPC session with B and the dealer

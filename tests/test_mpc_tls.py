@@ -342,6 +342,10 @@ def test_wrong_certificates_are_refused_by_the_links(pki, tmp_path, who, materia
         if material == "rogue":
             # A's handshake refuses the chain whichever side dials
             assert "does not vouch for" in text or "certificate verify failed" in text, text
+        elif material == "admin" and "unsuitable certificate purpose" in text:
+            # the admin's certificate is client-only (issue #15): when A dials the
+            # impostor, the handshake itself refuses it as a server
+            assert "refusing the link" in text, text
         else:
             # A dialled the impostor ("presented certificate identity ... expected") or
             # refused it on its listener ("may not open" / "does not match the claimed")

@@ -71,10 +71,16 @@ def test_pki_layout_permissions_and_certificates(pki: Path) -> None:
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         assert cn == name
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert set(san.get_values_for_type(x509.DNSName)) == {name, "localhost"}
-        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        if name in ("admin", "worker-0", "worker-1"):
+            # client-only identities (issue #15): no server usage, no host names
+            assert set(san.get_values_for_type(x509.DNSName)) == {name}
+            assert san.get_values_for_type(x509.IPAddress) == []
+            assert set(eku) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+        else:
+            assert set(san.get_values_for_type(x509.DNSName)) == {name, "localhost"}
+            assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+            assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
         days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
         assert 364 <= days <= 366
 
