@@ -101,7 +101,9 @@ def test_bernoulli_ratio_big_handles_numbers_beyond_64_bits():
     rng = Csprng()
     n = 200_000
     den = 3 * (1 << 100)
-    got = bernoulli_ratio_big(rng, np.full(n, den // 3, dtype=object), np.full(n, den, dtype=object))
+    got = bernoulli_ratio_big(
+        rng, np.full(n, den // 3, dtype=object), np.full(n, den, dtype=object)
+    )
     assert abs(got.mean() - 1 / 3) < 5 * math.sqrt(2 / 9 / n)
 
 
