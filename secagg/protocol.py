@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from secagg import rules
+from secagg.dp.mechanism import RoundDp, server_noise
 from secagg.mpc import RANK_A, MpcSession
 from secagg.prg import fresh_key
 
@@ -31,10 +32,15 @@ class RoundPlan:
     # to skip the test (only for demonstrating the attack it stops).
     threshold: int | None = None
     projections: int = 40
+    # Differential privacy (secagg.dp): the exact norm check and each server's noise
+    dp: RoundDp | None = None
 
     def validate(self, n: int) -> None:
         """Raise :class:`secagg.rules.RuleError` if the rule cannot run on n workers."""
         rules.validate_params(self.rule, n, self.f, self.m)
+        if self.dp is not None and self.threshold is None:
+            # without the projection test a vector can wrap ‖x‖² around 2^64
+            raise ValueError("DP rounds need input validation: do not skip it")
 
     def divisor(self, n: int, selected: list[int]) -> int:
         """How many values each aggregate coordinate averages."""
@@ -56,6 +62,10 @@ class PartyOutcome:
     # `selected` and `distances` refer to positions among these
     accepted: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
+    # DP rounds: rows (of the share matrix) that passed the projection test but not the
+    # exact norm check (also in `rejected`), and the round's ρ-zCDP against one server
+    norm_rejected: list[int] = field(default_factory=list)
+    dp_rho: float | None = None
 
 
 def choose(plan: RoundPlan, distances: np.ndarray | None, n: int) -> list[int]:
@@ -71,9 +81,29 @@ def reveal(
     session: MpcSession, share: np.ndarray, plan: RoundPlan, selected: list[int]
 ) -> np.ndarray:
     """The masked reveal: only the (window) sum of the selected vectors is opened."""
+    # DP: this server's own discrete Gaussian, added to its share before the opening
+    # (sigma2 = 0: this server adds none, which only the tests' control does)
+    dp = plan.dp
+    noise = None if dp is None or not dp.sigma2 else server_noise(dp.sigma2, int(share.shape[1]))
     if plan.rule == "bulyan":
-        return session.bulyan_window_sum(share, selected, plan.f)
-    return session.reveal_sum(share, selected)
+        return session.bulyan_window_sum(share, selected, plan.f, noise=noise)
+    return session.reveal_sum(share, selected, noise=noise)
+
+
+def norm_check(
+    session: MpcSession, plan: RoundPlan, distances: np.ndarray | None
+) -> tuple[list[int], np.ndarray | None]:
+    """DP rounds: which rows meet ‖x‖² <= B exactly, and A's distances among them.
+
+    Uses the squared norms' shares :meth:`MpcSession.sq_distances` left behind (exact:
+    validated vectors cannot wrap, see secagg.validation); only the bits are opened.
+    """
+    assert plan.dp is not None and session.sq_norms is not None
+    ok = session.at_most(session.sq_norms, plan.dp.bound_sq)
+    keep = [i for i in range(len(ok)) if ok[i]]
+    if distances is not None and len(keep) < len(ok):
+        distances = distances[np.ix_(keep, keep)]
+    return keep, distances
 
 
 def validate(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> list[int]:
@@ -102,7 +132,24 @@ def run_round(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> PartyO
             ) from None
         share = share[accepted]
     k = len(accepted)
-    distances = None if plan.rule == "mean" else session.sq_distances(share)
+    distances = None
+    if plan.rule != "mean" or plan.dp is not None:  # DP's norm check needs diag(G)
+        distances = session.sq_distances(share, reveal=plan.rule != "mean")
+    norm_rejected: list[int] = []
+    if plan.dp is not None:
+        keep, distances = norm_check(session, plan, distances)
+        if len(keep) < k:
+            norm_rejected = [accepted[i] for i in range(k) if i not in set(keep)]
+            try:
+                plan.validate(len(keep))
+            except rules.RuleError as exc:
+                raise rules.RuleError(
+                    f"{len(norm_rejected)} of {k} workers failed the DP norm check; {exc}"
+                ) from None
+            share = share[keep]
+            accepted = [accepted[i] for i in keep]
+            rejected = sorted(rejected + norm_rejected)
+            k = len(keep)
     mine = choose(plan, distances, k) if session.rank == RANK_A else None
     selected = session.exchange_selection(mine, k)
     total = reveal(session, share, plan, selected)
@@ -114,4 +161,6 @@ def run_round(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> PartyO
         traffic=session.traffic.as_dict(),
         accepted=accepted,
         rejected=rejected,
+        norm_rejected=norm_rejected,
+        dp_rho=None if plan.dp is None else plan.dp.rho(plan.rule, k, plan.f, plan.m),
     )
