@@ -38,9 +38,6 @@ class RoundPlan:
     def validate(self, n: int) -> None:
         """Raise :class:`secagg.rules.RuleError` if the rule cannot run on n workers."""
         rules.validate_params(self.rule, n, self.f, self.m)
-        if self.dp is not None and self.threshold is None:
-            # without the projection test a vector can wrap ‖x‖² around 2^64
-            raise ValueError("DP rounds need input validation: do not skip it")
 
     def divisor(self, n: int, selected: list[int]) -> int:
         """How many values each aggregate coordinate averages."""
@@ -90,20 +87,32 @@ def reveal(
     return session.reveal_sum(share, selected, noise=noise)
 
 
-def norm_check(
-    session: MpcSession, plan: RoundPlan, distances: np.ndarray | None
-) -> tuple[list[int], np.ndarray | None]:
-    """DP rounds: which rows meet ‖x‖² <= B exactly, and A's distances among them.
+def needs_distances(plan: RoundPlan) -> bool:
+    """Whether the round runs the distance phase (DP's norm check needs diag G)."""
+    return plan.rule != "mean" or plan.dp is not None
 
-    Uses the squared norms' shares :meth:`MpcSession.sq_distances` left behind (exact:
-    validated vectors cannot wrap, see secagg.validation); only the bits are opened.
+
+def distance_phase(
+    session: MpcSession, share: np.ndarray, plan: RoundPlan
+) -> tuple[np.ndarray | None, list[int]]:
+    """The Gram product, then (DP rounds) the exact norm check; collective.
+
+    Returns server A's distances among the rows kept (None on B, and for the mean rule,
+    whose D is never opened) and the rows kept: those with ‖x‖² <= B exactly, from the
+    squared norms' shares :meth:`MpcSession.sq_distances` leaves behind (exact: vectors
+    that passed the projection test cannot wrap, see secagg.validation). Only one
+    accept bit per worker is opened. Without DP every row is kept.
     """
-    assert plan.dp is not None and session.sq_norms is not None
+    n = int(share.shape[0])
+    distances = session.sq_distances(share, reveal=plan.rule != "mean")
+    if plan.dp is None:
+        return distances, list(range(n))
+    assert session.sq_norms is not None
     ok = session.at_most(session.sq_norms, plan.dp.bound_sq)
-    keep = [i for i in range(len(ok)) if ok[i]]
-    if distances is not None and len(keep) < len(ok):
+    keep = [i for i in range(n) if ok[i]]
+    if distances is not None and len(keep) < n:
         distances = distances[np.ix_(keep, keep)]
-    return keep, distances
+    return distances, keep
 
 
 def validate(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> list[int]:
@@ -120,6 +129,9 @@ def run_round(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> PartyO
     """Run a whole round; collective (A and B call it with matching shapes)."""
     n = int(share.shape[0])
     plan.validate(n)  # public check on both sides: both raise before any 2PC step
+    if plan.dp is not None and plan.threshold is None:
+        # without the projection test a vector can wrap ‖x‖² around 2^64
+        raise ValueError("DP rounds need input validation: do not skip it")
     session.reset_traffic()
     accepted = validate(session, share, plan)
     rejected = [i for i in range(n) if i not in set(accepted)]
@@ -133,11 +145,9 @@ def run_round(session: MpcSession, share: np.ndarray, plan: RoundPlan) -> PartyO
         share = share[accepted]
     k = len(accepted)
     distances = None
-    if plan.rule != "mean" or plan.dp is not None:  # DP's norm check needs diag(G)
-        distances = session.sq_distances(share, reveal=plan.rule != "mean")
     norm_rejected: list[int] = []
-    if plan.dp is not None:
-        keep, distances = norm_check(session, plan, distances)
+    if needs_distances(plan):
+        distances, keep = distance_phase(session, share, plan)
         if len(keep) < k:
             norm_rejected = [accepted[i] for i in range(k) if i not in set(keep)]
             try:

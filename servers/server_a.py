@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -22,6 +22,7 @@ import numpy as np
 from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, sharing, transport
+from secagg.dp.accounting import NORM_CHECK_REASON, PrivacyLedger
 from secagg.prg import fresh_key
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
 from secagg.store import StoredOutcome, open_store
@@ -44,6 +45,7 @@ class Outcome:
     divisor: int = 0
     distances: np.ndarray | None = None  # float, decoded; what A saw
     selected_idx: list[int] = field(default_factory=list)
+    dp_rho: float = 0.0  # DP rounds: ρ-zCDP of this round against one server
 
 
 class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
@@ -60,6 +62,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.store = open_store(settings.state_dir, "server-a")
         self.book = RoundBook(workers=tokens.worker_ids, server="server-a", store=self.store)
         self.outcomes: dict[str, Outcome] = {}
+        self.dp_spent = PrivacyLedger()  # ρ over this process's DP rounds (secagg.dp)
         self.peer_target = peer
         self.admin_token = admin_token
         self.phase_timeout_s = phase_timeout_s
@@ -240,7 +243,10 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out = self.outcomes.get(rnd.round_id, Outcome())
         dist = [] if out.distances is None else out.distances.ravel().tolist()
         return pb.RoundReport(
-            status=rnd.to_proto(), distances=dist, selected_indices=out.selected_idx
+            status=rnd.to_proto(),
+            distances=dist,
+            selected_indices=out.selected_idx,
+            **self.dp_spent.report_fields(out.dp_rho, rnd.config.dp_delta),
         )
 
     # ------------------------------------------------------------ coordinator
@@ -449,7 +455,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         assert self.session is not None
         cfg = rnd.config
         n = len(participants)
-        plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+        plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n), dp=cfg.dp_params())
         plan.validate(n)
         t0 = time.perf_counter()
         share = await asyncio.get_running_loop().run_in_executor(
@@ -493,16 +499,33 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 )
                 share = share[np.asarray(ok, dtype=bool)]
                 n = len(participants)
-                plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+                plan = replace(plan, m=cfg.effective_m(n))
                 plan.validate(n)
         distances = None
-        if cfg.rule is not Rule.MEAN:
+        if protocol.needs_distances(plan):
             rnd.start_distances()
-            _, distances = await self._phase(
-                rnd, pb.PHASE_DISTANCES, participants, [], self.session.sq_distances, share
+            reply, (distances, keep) = await self._phase(
+                rnd,
+                pb.PHASE_DISTANCES,
+                participants,
+                [],
+                protocol.distance_phase,
+                self.session,
+                share,
+                plan,
             )
+            if len(keep) < n:  # DP's exact norm check (secagg.dp), like validation
+                rejected = [w for i, w in enumerate(participants) if i not in set(keep)]
+                if sorted(reply.rejected) != sorted(rejected):
+                    raise RuntimeError("servers A and B disagree on the DP norm check")
+                participants = rnd.exclude(rejected, NORM_CHECK_REASON)
+                share = share[keep]
+                n = len(participants)
+                plan = replace(plan, m=cfg.effective_m(n))
+                plan.validate(n)
             rnd.start_selection()
-            out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
+            if distances is not None:
+                out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
         selected = protocol.choose(plan, distances, n)
         out.selected_idx = selected
         rnd.start_reveal([participants[i] for i in selected])
@@ -512,6 +535,9 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         )
         out.divisor = plan.divisor(n, selected)
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
+        if plan.dp is not None:
+            out.dp_rho = plan.dp.rho(plan.rule, n, plan.f, plan.m)
+            self.dp_spent.add(out.dp_rho)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from secagg import encoding, reference, sharing
-from secagg.cluster import MpcCluster
+from secagg.cluster import ClusterError, MpcCluster
 from secagg.dp import sampler
 from secagg.dp.mechanism import RoundDp, bound_sq
 from secagg.protocol import RoundPlan, run_round
@@ -103,10 +103,11 @@ def test_norm_check_accepts_iff_the_exact_norm_is_within_the_bound(cluster):
     assert out_a.selected == out_b.selected == list(range(len(out_a.accepted)))
 
 
-def test_dp_needs_validation():
+def test_dp_needs_validation(cluster):
     plan = dataclasses.replace(dp_plan("mean", 0, 8, 0.5), threshold=None)
-    with pytest.raises(ValueError, match="validation"):
-        plan.validate(5)
+    X = np.zeros((5, 8), dtype=np.int64)
+    with pytest.raises(ClusterError, match="DP rounds need input validation"):
+        cluster.round(*shares(X), plan)
 
 
 def noise_of(out, Xenc: np.ndarray, rule: str, f: int) -> np.ndarray:

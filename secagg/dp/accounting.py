@@ -83,6 +83,8 @@ ORDERS: tuple[float, ...] = tuple(
     [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
 )
 RULES = ("mean", "krum", "multi-krum", "bulyan")
+# why a worker that passed the projection test was excluded (status, both servers)
+NORM_CHECK_REASON = "failed the DP norm check (‖x‖ > dp_clip)"
 
 
 class PlanError(ValueError):
@@ -314,3 +316,29 @@ def spent(rho_total: float, rounds: int, delta: float, validation_delta: float =
     if gauss_delta <= 0:
         return math.inf
     return epsilon(rho_total, 1, gauss_delta)
+
+
+class PrivacyLedger:
+    """ρ spent over a process's DP rounds (server A's report: "ε spent so far").
+
+    zCDP composes by adding ρ. In memory only: a restarted server starts from zero,
+    so a run's authoritative total is the operator's sum of the rounds' ``dp_rho``.
+    """
+
+    def __init__(self) -> None:
+        self.rho = 0.0
+        self.rounds = 0
+
+    def add(self, rho: float) -> None:
+        self.rho += rho
+        self.rounds += 1
+
+    def report_fields(self, round_rho: float, delta: float) -> dict[str, float | int]:
+        """The RoundReport's DP fields (all 0 when this process ran no DP round)."""
+        eps = spent(self.rho, self.rounds, delta) if self.rounds and delta > 0 else 0.0
+        return {
+            "dp_rho": round_rho,
+            "dp_rho_spent": self.rho,
+            "dp_rounds": self.rounds,
+            "dp_epsilon_spent": eps,
+        }
