@@ -22,7 +22,7 @@ first 64 bits of u and, on the (probability 2^-64) tie, from an exact fresh draw
 
 Everything is vectorised over the requested batch: each step of the algorithms runs on
 the whole array of samples still pending, so the Python overhead is per step, not per
-sample. ``python -m secagg.dp.sampler`` prints the rate on this machine.
+sample. ``python -m bench.bench_dp_sampler`` prints the rate on this machine.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import sys
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -287,21 +285,3 @@ def variance(sigma2: Fraction | int | str) -> float:
     xs = np.arange(-reach, reach + 1, dtype=np.float64)
     w = np.exp(-(xs**2) / (2 * s2))
     return float((w * xs**2).sum() / w.sum())
-
-
-def _main(argv: list[str]) -> int:
-    """Print the sampling rate for a few σ (``python -m secagg.dp.sampler [d]``)."""
-    d = int(argv[0]) if argv else 1_000_000
-    for sigma in (3, 1000, 6_553_600):
-        t0 = time.perf_counter()
-        x = discrete_gaussian(sigma * sigma, d)
-        dt = time.perf_counter() - t0
-        print(
-            f"σ = {sigma:>9}: {d} samples in {dt:.2f} s ({d / dt / 1e6:.2f} M/s); "
-            f"sample std {x.std():.4g}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
