@@ -6,7 +6,10 @@ selection to server B with a Peer RPC instead of the MPC channel.
 
 What each party learns: server A the n×n squared-distance matrix (exact on the encoded
 vectors), both servers the selection and the opened sum of the selected vectors (for
-Bulyan: the per-coordinate window sum). Nothing else is opened.
+Bulyan: the per-coordinate window sum). Nothing else is opened. In DP rounds
+(``RoundPlan.dp``, :mod:`secagg.dp`) one more bit per worker is opened (‖x‖² <= B,
+exact), and each server adds its own discrete Gaussian to its share of that sum before
+the opening; for the mean rule D is then computed but not opened.
 """
 
 from __future__ import annotations
