@@ -37,6 +37,7 @@ from pathlib import Path
 
 from examples.train_digits import (
     Config,
+    Data,
     SecureRunner,
     accuracy,
     apply_update,
@@ -66,7 +67,9 @@ class DpRun:
     seconds: float = 0.0
 
 
-def dp_fields(cfg: Config, rule: str, epsilon: float, delta: float) -> tuple[dict, float, float]:
+def dp_fields(
+    cfg: Config, rule: str, epsilon: float, delta: float
+) -> tuple[dict[str, float], float, float]:
     """The round's dp_* fields for (ε, δ) over cfg.rounds rounds, plus σ and ρ per round."""
     if math.isinf(epsilon):
         return {}, 0.0, 0.0
@@ -76,8 +79,14 @@ def dp_fields(cfg: Config, rule: str, epsilon: float, delta: float) -> tuple[dic
 
 
 def train(
-    cfg: Config, data, runner: SecureRunner, rule: str, attack: str, epsilon: float, delta: float
-) -> DpRun:  # noqa: ANN001
+    cfg: Config,
+    data: Data,
+    runner: SecureRunner,
+    rule: str,
+    attack: str,
+    epsilon: float,
+    delta: float,
+) -> DpRun:
     fields, sigma, rho = dp_fields(cfg, rule, epsilon, delta)
     run = DpRun(rule, attack, epsilon, sigma)
     if sigma:
