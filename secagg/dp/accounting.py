@@ -7,8 +7,10 @@ In a DP round each server adds ``N_Z(0, σ²)^d`` (encoded units, drawn by
 opened vector is ``q(x) + Y_A + Y_B``. ``q(x)`` is the rule's *sum* of selected vectors
 (``Σ_{i∈S} x_i``; the aggregate is that sum over the public divisor), an integer vector.
 
-Per-round guarantee (Canonne, Kamath & Steinke 2020, arXiv:2004.00010, the
-multivariate discrete Gaussian theorem — Theorem 14 in v5): if ``q: X^n → Z^d`` has
+Per-round guarantee (Canonne, Kamath & Steinke 2020, arXiv:2004.00010, their theorem
+that the multivariate discrete Gaussian satisfies concentrated DP — numbered Theorem 14
+as we recall it; the numbering was not re-checked against the paper here): if
+``q: X^n → Z^d`` has
 ``‖q(x) − q(x')‖₂ ≤ Δ`` for neighbouring inputs and ``Y ~ N_Z(0, σ²)^d`` has independent
 coordinates, then ``q(x) + Y`` is ρ-zCDP with
 
