@@ -81,7 +81,8 @@ def test_dp_round_noise_variance_and_norm_check_through_the_service(dep, rule, f
         agg = c.wait_for_result(rid, timeout_s=180)
         st = c.status(rid)
     assert {e.worker_id: e.reason for e in st.excluded} == {IDS[-1]: NORM_CHECK_REASON}
-    st_b = client(dep, IDS[0]).status(rid, server="b")
+    with client(dep, IDS[0]) as c0:
+        st_b = c0.status(rid, server="b")
     assert [e.worker_id for e in st_b.excluded] == [IDS[-1]]
     # the plaintext rule on the same clipped, encoded honest inputs
     Xenc = np.stack([clip_and_encode(x, PARAMS, CLIP) for x in X[: N - 1]])
