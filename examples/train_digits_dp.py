@@ -201,13 +201,14 @@ def write_outputs(out: Path, runs: Sequence[DpRun], cfg: Config, delta: float) -
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     finite = [e for e in eps_cols if not math.isinf(e)]
-    xs = [*finite, (max(finite) * 2 if finite else 1.0)] if math.inf in eps_cols else finite
+    # ε = ∞ is drawn one octave right of the largest finite ε
+    where = {e: e for e in finite} | {math.inf: max(finite) * 2 if finite else 1.0}
+    xs = [where[e] for e in eps_cols]
     for rule, attack in dict.fromkeys((r.rule, r.attack) for r in runs):
-        ys = []
-        for e in eps_cols:
-            r = next(x for x in runs if (x.rule, x.attack, x.epsilon) == (rule, attack, e))
-            ys.append(r.acc[-1])
-        ax.plot(xs, ys, marker="o", label=f"{rule}, {attack}")
+        mine = sorted(
+            (where[x.epsilon], x.acc[-1]) for x in runs if (x.rule, x.attack) == (rule, attack)
+        )
+        ax.plot([p[0] for p in mine], [p[1] for p in mine], marker="o", label=f"{rule}, {attack}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [f"{e:g}" if not math.isinf(e) else "∞" for e in eps_cols])
     ax.set_ylim(0, 1)
