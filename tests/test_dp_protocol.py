@@ -145,3 +145,47 @@ def test_opened_sum_carries_both_servers_noise_and_the_control_fails(cluster, ru
     ctl = noise_of(ctl_a, Xenc, rule, f).astype(np.float64)
     assert abs(ctl.var() / expected - 1) > tol
     assert abs(ctl.var() / (expected / 2) - 1) < tol
+
+
+def _round_keeping_noise(session, share, plan):  # noqa: ANN001, ANN202 - runs in a party
+    """run_round, also returning the noise this party drew (module-level: picklable)."""
+    from secagg import protocol
+
+    drawn: list[np.ndarray] = []
+    original = protocol.server_noise
+
+    def keep(sigma2: int, dim: int) -> np.ndarray:
+        drawn.append(original(sigma2, dim))
+        return drawn[-1]
+
+    protocol.server_noise = keep
+    try:
+        return protocol.run_round(session, share, plan), drawn
+    finally:
+        protocol.server_noise = original
+
+
+@pytest.mark.parametrize("rule", ["mean", "bulyan"])
+def test_opened_sum_is_the_sum_plus_both_noises_exactly(cluster, rule):
+    """Bit for bit: opened = q(x) + Y_A + Y_B. So what server A can compute after
+    subtracting its own noise is q(x) + Y_B: B's noise alone, a fresh discrete Gaussian
+    independent of A's (the one-server guarantee of docs/dp.md)."""
+    rng = np.random.default_rng(23)
+    n, f, d = 7, 1, 20_000
+    X = rng.normal(size=(n, d))
+    X *= 0.8 / np.linalg.norm(X, axis=1, keepdims=True)
+    Xenc = np.stack([encoding.encode(x, PARAMS) for x in X])
+    plan = dp_plan(rule, f, d, sigma=0.25)
+    share_a, share_b = shares(Xenc)
+    (out_a, (y_a,)), (out_b, (y_b,)) = cluster.run(
+        _round_keeping_noise, (share_a, plan), (share_b, plan)
+    )
+    ref = reference.aggregate_encoded(Xenc, rule, f, None)
+    with np.errstate(over="ignore"):
+        want = ref.encoded_sum + y_a + y_b
+    np.testing.assert_array_equal(out_a.encoded_sum, want)
+    np.testing.assert_array_equal(out_b.encoded_sum, want)
+    residual = (out_a.encoded_sum - y_a - ref.encoded_sum).astype(np.float64)  # A's view
+    var = sampler.variance(plan.dp.sigma2)
+    assert abs(residual.var() / var - 1) < 5 * math.sqrt(2 / d)
+    assert abs(np.corrcoef(y_a, y_b)[0, 1]) < 5 / math.sqrt(d)
