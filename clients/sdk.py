@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 
 from secagg import encoding, sharing
+from secagg.dp.mechanism import DpConfigError, clip_and_encode
 from secagg.rounds import Receipt, RoundState, check_id, payload_digest
 from secagg.transport import (
     SERVER_A_NAME,
@@ -227,6 +228,7 @@ class SecAggClient:
             raise SecAggClientError("timeout_s must be > 0 and retries >= 0")
         self.worker_id = worker_id
         self.timeout_s = float(timeout_s)
+        self._dp_clips: dict[str, float] = {}  # round id -> dp_clip (0: no DP)
         self.retries = int(retries)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -337,6 +339,7 @@ class SecAggClient:
     def encoding_params(self, round_id: str) -> tuple[encoding.EncodingParams, int]:
         """The round's encoding parameters and dim, from server A's status."""
         cfg = self.status(round_id).config
+        self._dp_clips[round_id] = float(cfg.dp_clip)
         try:
             params = encoding.EncodingParams(
                 scale=cfg.scale, coord_bound=cfg.coord_bound, norm_bound=cfg.norm_bound
@@ -356,6 +359,7 @@ class SecAggClient:
         *,
         clip: bool = False,
         submission_id: str | None = None,
+        dp_clip: float | None = None,
     ) -> SubmissionReceipt:
         """Encode, split and submit ``vector`` to round ``round_id``.
 
@@ -388,6 +392,12 @@ class SecAggClient:
         submission_id
             Idempotency key; if None, the round's unfinished submission's (see above)
             or a random one.
+        dp_clip
+            DP rounds: the L2 bound C the vector is clipped to before encoding (with
+            the rounding margin, :func:`secagg.dp.mechanism.clip_and_encode`), so that
+            the servers' exact norm check accepts it. None: the round's ``dp_clip``
+            when ``params`` is fetched from the round, else no DP clipping (a caller
+            passing ``params`` for a DP round passes ``dp_clip`` too).
 
         Returns
         -------
@@ -408,10 +418,12 @@ class SecAggClient:
                     f"round {round_id!r} expects a 1-D vector of dim {dim}, got shape "
                     f"{np.shape(vector)}: flatten the whole model (flatten_grads)",
                 )
+        if dp_clip is None:  # known when params came from the round; else pass it
+            dp_clip = self._dp_clips.get(round_id, 0.0)
         try:
             x = encoding.clip_to_bounds(vector, params) if clip else vector
-            x_enc = encoding.encode(x, params)
-        except encoding.EncodingError as exc:
+            x_enc = clip_and_encode(x, params, dp_clip) if dp_clip else encoding.encode(x, params)
+        except (encoding.EncodingError, DpConfigError) as exc:
             raise SecAggClientError(f"cannot encode the vector: {exc}") from None
         job = self._pending_for(round_id, submission_id, payload_digest(x_enc), x_enc)
         del x_enc

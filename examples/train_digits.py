@@ -346,8 +346,19 @@ class SecureRunner:
             transport.share_chunk_messages(rid, wid, sid, shares.share_b), metadata=md, timeout=60
         )
 
-    def run(self, inputs: RoundInputs, rule: str, *, skip_validation: bool = False) -> Outcome:
-        """One real round: open it, every worker submits, wait for the aggregate."""
+    def run(
+        self,
+        inputs: RoundInputs,
+        rule: str,
+        *,
+        skip_validation: bool = False,
+        dp: dict[str, float] | None = None,
+    ) -> Outcome:
+        """One real round: open it, every worker submits, wait for the aggregate.
+
+        ``dp``: the round's ``dp_sigma``/``dp_clip``/``dp_delta`` (examples.train_digits_dp);
+        the SDK then clips every submission to ``dp_clip``.
+        """
         import grpc
 
         from clients.sdk import SecAggClientError
@@ -356,7 +367,9 @@ class SecureRunner:
         cfg = self.cfg
         d = inputs.floats.shape[1]
         rid = f"digits-{rule}-{uuid.uuid4().hex[:10]}"
-        extra = {"skip_validation": True} if skip_validation else {}
+        extra: dict[str, object] = {"skip_validation": True} if skip_validation else {}
+        extra.update(dp or {})
+        dp_clip = {"dp_clip": dp["dp_clip"]} if dp else {}
         self._open(
             RoundConfig(
                 round_id=rid,
@@ -378,7 +391,7 @@ class SecureRunner:
                 base, coord = inputs.wrapped[i]
                 self._submit_raw(rid, self.ids[i], attacks.wraparound_shares(base, coord))
             else:
-                self.clients[i].submit(rid, inputs.floats[i], params, clip=True)
+                self.clients[i].submit(rid, inputs.floats[i], params, clip=True, **dp_clip)
 
         list(self.pool.map(submit, range(cfg.n)))
         index = {w: i for i, w in enumerate(self.ids)}

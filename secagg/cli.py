@@ -492,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     dm.add_argument("--out", default="out/demo")
     dm.add_argument("--insecure", action="store_true", help="no TLS (tokens only)")
     dm.set_defaults(fn=cmd_demo)
+    from secagg.dp.cli import add_subcommand as add_dp
+
+    add_dp(sub)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

@@ -688,6 +688,7 @@ class MpcSession:
         # analyse exactly what a curious server sees. Off (None) in production.
         self.transcript: list[tuple[str, np.ndarray]] | None = None
         self._prepared: GramPlan | None = None
+        self.sq_norms: np.ndarray | None = None  # set by sq_distances (secagg.dp)
         self.closed = False
         try:
             self._warm_up()
@@ -790,7 +791,7 @@ class MpcSession:
             provider.gram_finish(plan)
             self._prepared = plan
 
-    def sq_distances(self, share: np.ndarray) -> np.ndarray | None:
+    def sq_distances(self, share: np.ndarray, *, reveal: bool = True) -> np.ndarray | None:
         """Pairwise squared distances of the n shared rows, revealed to server A only.
 
         One masked opening ``E = X - R`` (n×d, each server sends its share once). With
@@ -806,6 +807,10 @@ class MpcSession:
         no n×d temporary is allocated (memory beyond the input is O(n·block)). Without a
         prepared pair the dealer computes ``R R^T`` while the parties work, and only
         its n×n share is awaited at the end.
+
+        This party's shares of the exact squared norms ``diag G`` are kept in
+        ``self.sq_norms`` (secagg.dp's norm check); ``reveal=False`` opens nothing
+        (the mean rule needs only the norms).
         """
         x = self._as_tensor(share)
         if x.dim() != 2:
@@ -823,6 +828,9 @@ class MpcSession:
             z = provider.gram_finish(plan)[:n, :n]
             t = self._step("distances: wait for the dealer's Z share", t)
             diag = torch.diagonal(p) + torch.diagonal(z)
+            self.sq_norms = diag.numpy().copy()
+            if not reveal:
+                return None
             dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - (p + p.t()) - 2 * z
             out = self._open_to_a(dsh)
             self._step("distances: D share, opened to A", t)
@@ -967,8 +975,23 @@ class MpcSession:
         bits = rejected._tensor.reveal()
         return bits.numpy() == 0
 
-    def reveal_sum(self, share: np.ndarray, selected: Sequence[int]) -> np.ndarray:
-        """Each server sums its own shares of the selected rows; only that sum is opened."""
+    def at_most(self, values: np.ndarray, bound: int, phase: str = "norm_check") -> np.ndarray:
+        """Which entries of a shared int64 vector are ``<= bound`` (public); only those
+        bits are opened, to both. Values and bound must lie in (-2^62, 2^62)."""
+        v = self._as_tensor(values)
+        with self._phase(phase):
+            pub = int(bound) if self.rank == RANK_A else 0
+            over = MPCTensor.from_shares(pub - v, precision=0).lt(0)
+            return over._tensor.reveal().numpy() == 0
+
+    def reveal_sum(
+        self, share: np.ndarray, selected: Sequence[int], noise: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each server sums its own shares of the selected rows; only that sum is opened.
+
+        ``noise`` (secagg.dp): this server's own noise vector, added to its share of the
+        sum before the opening.
+        """
         x = self._as_tensor(share)
         rows = [int(i) for i in selected]
         if not rows or any(not 0 <= i < x.shape[0] for i in rows):
@@ -978,11 +1001,19 @@ class MpcSession:
             s = x[rows[0]].clone()
             for i in rows[1:]:
                 s += x[i]
+            if noise is not None:
+                s += self._as_tensor(noise)
             s = self._open(s)
         return s.numpy()
 
     def bulyan_window_sum(
-        self, share: np.ndarray, selected: Sequence[int], f: int, *, block: int | None = None
+        self,
+        share: np.ndarray,
+        selected: Sequence[int],
+        f: int,
+        *,
+        block: int | None = None,
+        noise: np.ndarray | None = None,
     ) -> np.ndarray:
         """Bulyan's coordinate-wise stage in 2PC; reveals only the β-window sum.
 
@@ -992,7 +1023,8 @@ class MpcSession:
         among the windows of β = θ-2f consecutive sorted values containing the median
         the one with the least ``Σ|x - median|`` (linear in the sorted values, so only
         the window choice needs comparisons; ties keep the lower window). The revealed
-        vector is that window's sum; the aggregate is sum / β.
+        vector is that window's sum; the aggregate is sum / β. ``noise`` (secagg.dp) is
+        added to this server's share of the window sum before it is opened.
         """
         theta = len(selected)
         beta = theta - 2 * f
@@ -1009,14 +1041,21 @@ class MpcSession:
         if width < 1:
             raise ValueError(f"block must be a positive number of columns, got {width}")
         with self._phase("bulyan_coordinate"):
+            extra = None if noise is None else self._as_tensor(noise)
             parts = [
-                self._bulyan_block(x[:, c0 : c0 + width].index_select(0, idx), f)
+                self._bulyan_block(
+                    x[:, c0 : c0 + width].index_select(0, idx),
+                    f,
+                    None if extra is None else extra[c0 : c0 + width],
+                )
                 for c0 in range(0, d, width)
             ]
         return torch.cat(parts).numpy()
 
     @staticmethod
-    def _bulyan_block(rows: torch.Tensor, f: int) -> torch.Tensor:
+    def _bulyan_block(
+        rows: torch.Tensor, f: int, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:meth:`bulyan_window_sum` on θ rows of a column block (a copy, sorted in place)."""
         theta = rows.shape[0]
         beta = theta - 2 * f
@@ -1046,6 +1085,8 @@ class MpcSession:
             best_cost = best_cost + (c_cost - best_cost) * better
             best_sum = best_sum + (c_sum - best_sum) * better
         assert best_sum is not None
+        if noise is not None:
+            best_sum._tensor.share += noise
         return best_sum._tensor.reveal()
 
     def ping_dealer(self) -> None:

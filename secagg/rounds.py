@@ -346,6 +346,11 @@ class RoundConfig:
         If not empty, the only workers who may submit (exactly ``n_expected`` distinct
         registered ids). Either way at most ``n_expected`` workers take part: B's memory
         and the prepared Gram pair are sized for them.
+    dp_sigma, dp_clip, dp_delta : float, default 0
+        Differential privacy (:mod:`secagg.dp`, ``docs/dp.md``); all 0 = off. Each
+        server's discrete Gaussian std on the opened sum and the exact L2 bound C, both
+        in real (decoded) units (``secagg dp plan`` prints them), and the run's δ at
+        which server A reports the ε spent.
     """
 
     round_id: str
@@ -362,6 +367,9 @@ class RoundConfig:
     projections: int = 0
     skip_validation: bool = False
     invited: tuple[str, ...] = ()
+    dp_sigma: float = 0.0
+    dp_clip: float = 0.0
+    dp_delta: float = 0.0
 
     def __post_init__(self) -> None:
         # normalise so that equal configs compare equal (idempotent OpenRound retries)
@@ -372,7 +380,7 @@ class RoundConfig:
             v = getattr(self, name)
             if _is_int(v):
                 object.__setattr__(self, name, int(v))
-        for name in ("scale", "coord_bound", "norm_bound"):
+        for name in ("scale", "coord_bound", "norm_bound", "dp_sigma", "dp_clip", "dp_delta"):
             v = getattr(self, name)
             if _is_int(v) or isinstance(v, (float, np.floating)):
                 object.__setattr__(self, name, float(v))
@@ -415,6 +423,12 @@ class RoundConfig:
         from secagg.validation import threshold
 
         return threshold(self.encoding_params(), self.dim, vp)
+
+    def dp_params(self) -> Any:
+        """The round's :class:`secagg.dp.mechanism.RoundDp`, or None when DP is off."""
+        from secagg.dp.mechanism import RoundDp
+
+        return RoundDp.from_config(self.dp_sigma, self.dp_clip, self.scale)
 
     def encoding_params(self) -> Any:
         """The round's :class:`secagg.encoding.EncodingParams`."""
@@ -510,6 +524,32 @@ class RoundConfig:
             from secagg.validation import check_validated_headroom
 
             check_validated_headroom(self.encoding_params(), n, self.dim, vp)
+        self._validate_dp()
+
+    def _validate_dp(self) -> None:
+        for name in ("dp_sigma", "dp_clip", "dp_delta"):
+            v = getattr(self, name)
+            if not isinstance(v, float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be >= 0 and finite, got {name}={v!r}")
+        dp = self.dp_params()  # DpConfigError (a ValueError) names what to change
+        if dp is None:
+            if self.dp_delta != 0:
+                raise ValueError("dp_delta is set but DP is off: set dp_sigma and dp_clip too")
+            return
+        if self.skip_validation:
+            raise ValueError(
+                "DP rounds need input validation (the exact norm check relies on it): "
+                "do not skip it"
+            )
+        if self.dp_clip * self.scale > self.norm_bound:
+            raise ValueError(
+                f"dp_clip·scale = {self.dp_clip * self.scale:g} exceeds norm_bound = "
+                f"{self.norm_bound:g}: clipped vectors must pass validation; raise norm_bound"
+            )
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(
+                f"DP rounds need dp_delta in (0, 1) (the run's δ), got {self.dp_delta!r}"
+            )
 
     # ----------------------------------------------------------------- conversion
     def to_dict(self) -> dict[str, Any]:
@@ -542,6 +582,9 @@ class RoundConfig:
             projections=msg.projections,
             skip_validation=msg.skip_validation,
             invited=tuple(msg.invited),
+            dp_sigma=msg.dp_sigma,
+            dp_clip=msg.dp_clip,
+            dp_delta=msg.dp_delta,
         )
 
 

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ import numpy as np
 from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, rules, sharing, transport
+from secagg.dp.accounting import NORM_CHECK_REASON, PrivacyLedger
 from secagg.prg import fresh_key
 from secagg.rounds import (
     Round,
@@ -66,6 +67,7 @@ class Outcome:
     divisor: int = 0
     distances: np.ndarray | None = None  # float, decoded; what A saw
     selected_idx: list[int] = field(default_factory=list)
+    dp_rho: float = 0.0  # DP rounds: ρ-zCDP of this round against one server
     # the aggregate's wire bytes and digest, made once per round on first read
     _wire: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
@@ -97,6 +99,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.store = open_store(settings.state_dir, "server-a")
         self.book = RoundBook(workers=tokens.worker_ids, server="server-a", store=self.store)
         self.outcomes: dict[str, Outcome] = {}
+        self.dp_spent = PrivacyLedger()  # ρ over this process's DP rounds (secagg.dp)
         self.peer_target = peer
         self.admin_token = admin_token
         self.phase_timeout_s = phase_timeout_s
@@ -348,7 +351,10 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out = self.outcomes.get(rnd.round_id, Outcome())
         dist = [] if out.distances is None else out.distances.ravel().tolist()
         return pb.RoundReport(
-            status=rnd.to_proto(), distances=dist, selected_indices=out.selected_idx
+            status=rnd.to_proto(),
+            distances=dist,
+            selected_indices=out.selected_idx,
+            **self.dp_spent.report_fields(out.dp_rho, rnd.config.dp_delta),
         )
 
     # ------------------------------------------------------------ coordinator
@@ -582,7 +588,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         assert self.session is not None
         cfg = rnd.config
         n = len(participants)
-        plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+        plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n), dp=cfg.dp_params())
         plan.validate(n)
         t0 = time.perf_counter()
         share = await asyncio.get_running_loop().run_in_executor(
@@ -626,16 +632,36 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 )
                 share = share[np.asarray(ok, dtype=bool)]  # a copy: wiped at the end
                 n = len(participants)
-                plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+                plan = replace(plan, m=cfg.effective_m(n))
                 plan.validate(n)
         distances = None
-        if cfg.rule is not Rule.MEAN:
+        if protocol.needs_distances(plan):
             rnd.start_distances()
-            _, distances = await self._phase(
-                rnd, pb.PHASE_DISTANCES, participants, [], self.session.sq_distances, share
+            reply, (distances, keep) = await self._phase(
+                rnd,
+                pb.PHASE_DISTANCES,
+                participants,
+                [],
+                protocol.distance_phase,
+                self.session,
+                share,
+                plan,
             )
+            if len(keep) < n:  # DP's exact norm check (secagg.dp), like validation
+                rejected = [w for i, w in enumerate(participants) if i not in set(keep)]
+                if sorted(reply.rejected) != sorted(rejected):
+                    raise RuntimeError("servers A and B disagree on the DP norm check")
+                participants = rnd.exclude(rejected, NORM_CHECK_REASON)
+                kept = share[keep]
+                if share.base is None:  # validation's compacted copy: wipe it too
+                    share.fill(0)
+                share = kept
+                n = len(participants)
+                plan = replace(plan, m=cfg.effective_m(n))
+                plan.validate(n)
             rnd.start_selection()
-            out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
+            if distances is not None:
+                out.distances = distances.astype(np.float64) / (2.0**32 * cfg.scale**2)
         try:
             selected = protocol.choose(plan, distances, n)
         except rules.RuleError as exc:
@@ -651,6 +677,9 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         )
         out.divisor = plan.divisor(n, selected)
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
+        if plan.dp is not None:
+            out.dp_rho = plan.dp.rho(plan.rule, n, plan.f, plan.m)
+            self.dp_spent.add(out.dp_rho)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
         share.fill(0)  # A's shares (a view of self.matrix, or the compacted copy)

@@ -19,7 +19,8 @@ import numpy as np
 from grpc_health.v1 import health
 
 from secagg import encoding, mpc, protocol, transport
-from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed
+from secagg.dp.accounting import NORM_CHECK_REASON
+from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed, RoundState
 from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -271,7 +272,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 )
             cfg = rnd.config
             n = len(participants)
-            plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
+            plan = protocol.RoundPlan(
+                cfg.rule.value, cfg.f, cfg.effective_m(n), dp=cfg.dp_params()
+            )
             plan.validate(n)
             # the validation comparison needs only the projections (computed as shares
             # arrived): it does not wait for the share matrix, which is still being
@@ -316,8 +319,15 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 rnd.start_distances()
                 if cfg.skip_validation:  # otherwise the validation phase started the count
                     self.session.reset_traffic()
-                await self._mpc(self.session.sq_distances, share)
-                rnd.start_selection()
+                _, keep = await self._mpc(protocol.distance_phase, self.session, share, plan)
+                if len(keep) < n:  # DP's exact norm check (secagg.dp), like validation
+                    rejected = [w for i, w in enumerate(participants) if i not in set(keep)]
+                    try:
+                        rnd.exclude(rejected, NORM_CHECK_REASON)
+                    except RoundFailed:
+                        pass  # B's round failed with the reason; A records the same
+                if rnd.state is not RoundState.FAILED:
+                    rnd.start_selection()
                 name = "distances"
             elif request.phase in (pb.PHASE_REVEAL, pb.PHASE_BULYAN_COORDINATE):
                 if (request.phase == pb.PHASE_BULYAN_COORDINATE) != (plan.rule == "bulyan"):

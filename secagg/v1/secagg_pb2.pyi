@@ -59,7 +59,7 @@ PHASE_VALIDATION: Phase
 PHASE_PREPARE: Phase
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms", "projections", "skip_validation", "invited")
+    __slots__ = ("round_id", "n_expected", "f", "rule", "m", "dim", "scale", "coord_bound", "norm_bound", "quorum", "deadline_unix_ms", "projections", "skip_validation", "invited", "dp_sigma", "dp_clip", "dp_delta")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     N_EXPECTED_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,9 @@ class RoundConfig(_message.Message):
     PROJECTIONS_FIELD_NUMBER: _ClassVar[int]
     SKIP_VALIDATION_FIELD_NUMBER: _ClassVar[int]
     INVITED_FIELD_NUMBER: _ClassVar[int]
+    DP_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIP_FIELD_NUMBER: _ClassVar[int]
+    DP_DELTA_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     n_expected: int
     f: int
@@ -88,7 +91,10 @@ class RoundConfig(_message.Message):
     projections: int
     skip_validation: bool
     invited: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, round_id: _Optional[str] = ..., n_expected: _Optional[int] = ..., f: _Optional[int] = ..., rule: _Optional[_Union[Rule, str]] = ..., m: _Optional[int] = ..., dim: _Optional[int] = ..., scale: _Optional[float] = ..., coord_bound: _Optional[float] = ..., norm_bound: _Optional[float] = ..., quorum: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., projections: _Optional[int] = ..., skip_validation: _Optional[bool] = ..., invited: _Optional[_Iterable[str]] = ...) -> None: ...
+    dp_sigma: float
+    dp_clip: float
+    dp_delta: float
+    def __init__(self, round_id: _Optional[str] = ..., n_expected: _Optional[int] = ..., f: _Optional[int] = ..., rule: _Optional[_Union[Rule, str]] = ..., m: _Optional[int] = ..., dim: _Optional[int] = ..., scale: _Optional[float] = ..., coord_bound: _Optional[float] = ..., norm_bound: _Optional[float] = ..., quorum: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., projections: _Optional[int] = ..., skip_validation: _Optional[bool] = ..., invited: _Optional[_Iterable[str]] = ..., dp_sigma: _Optional[float] = ..., dp_clip: _Optional[float] = ..., dp_delta: _Optional[float] = ...) -> None: ...
 
 class Exclusion(_message.Message):
     __slots__ = ("worker_id", "reason")
@@ -235,14 +241,22 @@ class ListRoundsResponse(_message.Message):
     def __init__(self, rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ...) -> None: ...
 
 class RoundReport(_message.Message):
-    __slots__ = ("status", "distances", "selected_indices")
+    __slots__ = ("status", "distances", "selected_indices", "dp_rho", "dp_rho_spent", "dp_rounds", "dp_epsilon_spent")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DISTANCES_FIELD_NUMBER: _ClassVar[int]
     SELECTED_INDICES_FIELD_NUMBER: _ClassVar[int]
+    DP_RHO_FIELD_NUMBER: _ClassVar[int]
+    DP_RHO_SPENT_FIELD_NUMBER: _ClassVar[int]
+    DP_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     status: RoundStatus
     distances: _containers.RepeatedScalarFieldContainer[float]
     selected_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, status: _Optional[_Union[RoundStatus, _Mapping]] = ..., distances: _Optional[_Iterable[float]] = ..., selected_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    dp_rho: float
+    dp_rho_spent: float
+    dp_rounds: int
+    dp_epsilon_spent: float
+    def __init__(self, status: _Optional[_Union[RoundStatus, _Mapping]] = ..., distances: _Optional[_Iterable[float]] = ..., selected_indices: _Optional[_Iterable[int]] = ..., dp_rho: _Optional[float] = ..., dp_rho_spent: _Optional[float] = ..., dp_rounds: _Optional[int] = ..., dp_epsilon_spent: _Optional[float] = ...) -> None: ...
 
 class ParticipantEntry(_message.Message):
     __slots__ = ("worker_id", "submission_id", "digest")
