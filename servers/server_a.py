@@ -191,18 +191,19 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         except RoundError as exc:
             await common.abort_for(context, exc)
             raise
-        if reader != common.OPERATOR and reader not in rnd.participants:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"only the participants of round {rnd.round_id!r} (and the operator) may "
-                "read its aggregate; this worker is not one of them",
-            )
         if rnd.state is not RoundState.DONE:
             why = f": {rnd.failure_reason}" if rnd.state is RoundState.FAILED else ""
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"round {rnd.round_id!r} is {rnd.state.value}{why}; poll "
                 "GetRoundStatus until it is done",
+            )
+        # after the state check: any registered worker may see the state anyway
+        if reader != common.OPERATOR and reader not in rnd.participants:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"only the participants of round {rnd.round_id!r} (and the operator) may "
+                "read its aggregate; this worker is not one of them",
             )
         out = self.outcomes.get(rnd.round_id)
         if out is None or out.aggregate is None:
