@@ -518,6 +518,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rnd.record_phase("expand_seeds", seconds=time.perf_counter() - t0)
         self.session.reset_traffic()
         out = self.outcomes[rnd.round_id]
+        compacted = False  # share is a view of self.matrix (wiped with it) until then
         threshold = cfg.validation_threshold()
         if threshold is not None:
             rnd.start_validation()
@@ -549,6 +550,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     rejected, f"failed input validation ({vp.projections} projections > T)"
                 )
                 share = share[np.asarray(ok, dtype=bool)]  # a copy: wiped at the end
+                compacted = True
                 n = len(participants)
                 plan = protocol.RoundPlan(cfg.rule.value, cfg.f, cfg.effective_m(n))
                 plan.validate(n)
@@ -577,7 +579,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
-        share.fill(0)  # A's shares (a view of self.matrix, or the compacted copy)
+        if compacted:  # A's shares outside self.matrix, which _run_2pc_when_ready wipes
+            await asyncio.to_thread(share.fill, 0)
 
     async def close(self) -> None:
         self.precompute.shutdown(wait=False, cancel_futures=True)
