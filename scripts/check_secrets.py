@@ -59,16 +59,24 @@ def findings(root: Path, paths: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-def tracked_files(root: Path) -> list[str]:
-    res = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True
-    )
+def tracked_files(root: Path) -> list[str] | None:
+    """Paths git tracks under ``root``; None when ``root`` is not a git checkout."""
+    try:
+        res = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
     return [p for p in res.stdout.decode("utf-8", "replace").split("\0") if p]
 
 
 def main(argv: list[str] | None = None) -> int:
     root = Path(argv[0] if argv else ".").resolve()
-    bad = findings(root, tracked_files(root))
+    tracked = tracked_files(root)
+    if tracked is None:
+        print(f"check_secrets: {root} is not a git checkout: nothing to check", file=sys.stderr)
+        return 0
+    bad = findings(root, tracked)
     for rel, why in bad:
         print(f"check_secrets: {rel}: {why}", file=sys.stderr)
     if bad:

@@ -94,7 +94,7 @@ MAX_MESSAGE_BYTES = 1 << 34
 """A peer's header announcing more than this is a protocol error (16 GiB: the dealer's
 own cap of 2^31 int64 elements)."""
 MAX_DIMS = 8
-HANDSHAKE_TIMEOUT_S = 3.0
+HANDSHAKE_TIMEOUT_S = 5.0
 """Each inbound connection must finish TLS and hello within this; handshakes run
 concurrently, so an idle connection delays no other (a loopback handshake takes ms)."""
 MAX_PENDING_HANDSHAKES = 16

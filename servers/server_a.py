@@ -212,18 +212,19 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         except RoundError as exc:
             await common.abort_for(context, exc)
             raise
-        if reader != common.OPERATOR and reader not in rnd.participants:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"only the participants of round {rnd.round_id!r} (and the operator) may "
-                "read its aggregate; this worker is not one of them",
-            )
         if rnd.state is not RoundState.DONE:
             why = f": {rnd.failure_reason}" if rnd.state is RoundState.FAILED else ""
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"round {rnd.round_id!r} is {rnd.state.value}{why}; poll "
                 "GetRoundStatus until it is done",
+            )
+        # after the state check: any registered worker may see the state anyway
+        if reader != common.OPERATOR and reader not in rnd.participants:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"only the participants of round {rnd.round_id!r} (and the operator) may "
+                "read its aggregate; this worker is not one of them",
             )
         out = self.outcomes.get(rnd.round_id)
         if out is None or out.aggregate is None:
@@ -600,6 +601,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rnd.record_phase("expand_seeds", seconds=time.perf_counter() - t0)
         self.session.reset_traffic()
         out = self.outcomes[rnd.round_id]
+        compacted = False  # share is a view of self.matrix (wiped with it) until then
         threshold = cfg.validation_threshold()
         if threshold is not None:
             rnd.start_validation()
@@ -631,6 +633,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     rejected, f"failed input validation ({vp.projections} projections > T)"
                 )
                 share = share[np.asarray(ok, dtype=bool)]  # a copy: wiped at the end
+                compacted = True
                 n = len(participants)
                 plan = replace(plan, m=cfg.effective_m(n))
                 plan.validate(n)
@@ -682,7 +685,8 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             self.dp_spent.add(out.dp_rho)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
-        share.fill(0)  # A's shares (a view of self.matrix, or the compacted copy)
+        if compacted:  # A's shares outside self.matrix, which _run_2pc_when_ready wipes
+            await asyncio.to_thread(share.fill, 0)
 
     async def close(self) -> None:
         self.precompute.shutdown(wait=False, cancel_futures=True)

@@ -22,7 +22,9 @@ needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the gi
 def test_no_tracked_file_holds_a_secret() -> None:
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    bad = check_secrets.findings(ROOT, check_secrets.tracked_files(ROOT))
+    tracked = check_secrets.tracked_files(ROOT)
+    assert tracked, "git ls-files listed nothing"
+    bad = check_secrets.findings(ROOT, tracked)
     assert bad == [], f"tracked secrets (git rm --cached them and rotate): {bad}"
 
 
@@ -40,7 +42,7 @@ def test_the_check_catches_keys_and_tokens(tmp_path: Path) -> None:
     (repo / "fine.py").write_text("print('no secrets here')\n")
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    got = dict(check_secrets.findings(repo, check_secrets.tracked_files(repo)))
+    got = dict(check_secrets.findings(repo, check_secrets.tracked_files(repo) or []))
     assert "fine.py" not in got and "pki/ca.pem" not in got
     assert {"config.py", "k.txt", ".secagg/local-1/notes.txt", "admin-token"} <= set(got)
     assert {"pki/ca.key", "pki/admin.key"} <= set(got)
