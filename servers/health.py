@@ -7,9 +7,11 @@ what happened; ``docker inspect`` keeps it with the health history.
 
 There is no ``grpc_health_probe`` binary in the image on purpose: this module uses the
 same TLS code as the servers, so a probe that passes also proves that the
-certificates a worker would check are in place. Servers report SERVING only once the
-MPC session with the other two parties is up, so a healthy server A means that B and
-the dealer have joined too.
+certificates a worker would check are in place. Servers report SERVING only while
+the MPC session with the other two parties is up and their state store takes writes;
+server A also needs server B to answer its heartbeat (10 s of silence, e.g. a hung B,
+is NOT_SERVING). So a healthy server A means that B and the dealer are in its session.
+The reasons for NOT_SERVING are in the server's log (``"event": "health"``).
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             # opening, which then ends one way or the other (issue #17)
             job = asyncio.ensure_future(self._open_round(request, config))
             self._opening[rid] = job
-            job.add_done_callback(lambda _t: self._opening.pop(rid, None))
+            job.add_done_callback(lambda t: self._opened(rid, t))
         try:
             rnd = await asyncio.shield(job)
         except (RoundError, ValueError) as exc:
@@ -312,6 +312,11 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 f"round {rid!r} failed: {rnd.failure_reason}; open a new round_id",
             )
         return rnd.to_proto()
+
+    def _opened(self, rid: str, job: asyncio.Future[Round]) -> None:
+        self._opening.pop(rid, None)
+        if not job.cancelled():
+            job.exception()  # seen by the caller, if it waited; no "never retrieved"
 
     async def _open_round(self, request: pb.RoundConfig, config: RoundConfig) -> Round:
         """OpenRound's work (see there); raises B's refusal after failing the round."""
@@ -492,7 +497,10 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                 if isinstance(exc, grpc.aio.AioRpcError):
                     detail = f"server B: {exc.code().name}: {exc.details()}"
                 self.keeper.mark_broken(f"round {rnd.round_id}: {detail}")
-                if run == MAX_2PC_RUNS or not rnd.rewind_2pc(f"the 2PC failed ({detail})"):
+                again = rnd.rewind_2pc(f"the 2PC failed ({detail})") or (
+                    rnd.state is RoundState.PARTICIPANTS_FIXED  # failed before its 1st phase
+                )
+                if run == MAX_2PC_RUNS or not again:
                     raise RuntimeError(
                         f"the 2PC failed {run} time(s) (server B or the dealer died, or a "
                         f"step timed out); the MPC session is rebuilt for the next round: "
