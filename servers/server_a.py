@@ -664,9 +664,9 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
                     raise RuntimeError("servers A and B disagree on the DP norm check")
                 participants = rnd.exclude(rejected, NORM_CHECK_REASON)
                 kept = share[keep]
-                if share.base is None:  # validation's compacted copy: wipe it too
+                if compacted:  # validation's copy, replaced: wipe it now
                     share.fill(0)
-                share = kept
+                share, compacted = kept, True
                 n = len(participants)
                 plan = replace(plan, m=cfg.effective_m(n))
                 plan.validate(n)
