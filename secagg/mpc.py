@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from secagg import compare
 from secagg.prg import KEY_BYTES, AesCtrStream, fresh_key
 from secagg.ringmath import matmul_nt
 
@@ -469,6 +470,12 @@ class _Dealer:
                 matmul_nt(r, r, out=z)  # blockwise: the dealer never holds all of R
             u = _ring(self.streams[1], (n, n))
             return z - (u + u.t())
+        if fid == compare.FID_COMPARE:  # secure comparisons: secagg.compare's edaBits
+            try:
+                fix = compare.dealer_material(self.streams, int(hdr[1]), int(hdr[2]))
+            except compare.CompareError as exc:
+                raise MpcError(str(exc)) from None
+            return torch.from_numpy(fix)
         raise MpcError(f"bad dealer request: function {fid}")
 
     def serve(self) -> None:
@@ -968,6 +975,28 @@ class MpcSession:
                 s += x[i]
             s = self._open(s)
         return s.numpy()
+
+    def comparator(self, **kwargs: object) -> compare.Comparator:
+        """This party's end of :mod:`secagg.compare` (collective, like every method here)
+        on the session's A–B link and dealer channel; what it receives is recorded in
+        :attr:`transcript` when that is on. ``kwargs`` go to the Comparator (tuning)."""
+        cl = _client()
+        record = None
+        if self.transcript is not None:
+            record = lambda label, arr: self._record(label, torch.from_numpy(arr))  # noqa: E731
+        return compare.Comparator(
+            self.rank, self._link, cl.stream, cl if self.rank == RANK_A else None,
+            record=record, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _comparisons(self) -> Iterator[compare.Comparator]:
+        cmp = self.comparator()
+        try:
+            yield cmp
+        finally:  # its traffic counts in the enclosing phase
+            self._sent += cmp.stats.bytes_sent
+            self._rounds += cmp.stats.rounds
 
     def bulyan_window_sum(
         self, share: np.ndarray, selected: Sequence[int], f: int, *, block: int | None = None
