@@ -122,9 +122,31 @@ def _slices(buf: np.ndarray, items: list[tuple[str, int]]) -> dict[str, np.ndarr
     return out
 
 
-def _draw(stream: AesCtrStream, items: list[tuple[str, int]]) -> dict[str, np.ndarray]:
-    words = stream.ring(_nbytes(items) // 8)  # every item is whole words (n % 64 == 0)
-    return _slices(words.view(np.uint8), items)
+class _Pool:
+    """Reusable draw buffers: a fresh multi-MB array per block costs its page faults
+    (as much as the AES that fills it)."""
+
+    def __init__(self) -> None:
+        self.free: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+
+    def take(self, words: int) -> np.ndarray:
+        spare = self.free[words]
+        return spare.pop() if spare else np.empty(words, dtype=np.int64)
+
+    def give(self, buf: np.ndarray) -> None:
+        if len(self.free[buf.size]) < 4:
+            self.free[buf.size].append(buf)
+
+
+def _draw(
+    stream: AesCtrStream, items: list[tuple[str, int]], pool: _Pool | None = None
+) -> dict[str, np.ndarray]:
+    words = _nbytes(items) // 8  # every item is whole words (n % 64 == 0)
+    buf = pool.take(words) if pool is not None else np.empty(words, dtype=np.int64)
+    stream.fill(buf)
+    out = _slices(buf.view(np.uint8), items)
+    out["_buf"] = buf
+    return out
 
 
 def _u64(b: np.ndarray) -> np.ndarray:
@@ -400,9 +422,9 @@ def dealer_material(
     """
     check_request(n, k)
     kern = kernels(native)
-    own0 = _draw(streams[0], own_layout(n, k))
-    own1 = _draw(streams[1], own_layout(n, k))
-    fix1 = _draw(streams[1], fix_layout(n, k))
+    own0 = _draw(streams[0], own_layout(n, k), _DEALER_POOL)
+    own1 = _draw(streams[1], own_layout(n, k), _DEALER_POOL)
+    fix1 = _draw(streams[1], fix_layout(n, k), _DEALER_POOL)
     out = np.empty(_nbytes(fix_layout(n, k)) // 8, dtype=np.int64)
     fix0 = _slices(out.view(np.uint8), fix_layout(n, k))
     rb0, rr0 = kern.dealer_bits(n, _u64(own0["r"]), _u64(own1["r"]), _u64(fix1["rb"]), fix1["rr"])
@@ -418,7 +440,12 @@ def dealer_material(
     fix0["s"][:] = s0.view(np.uint8)
     for j in range(k):
         fix0[f"sv{j}"][:] = sv0[j * n : (j + 1) * n].view(np.uint8)
+    for drawn in (own0, own1, fix1):
+        _DEALER_POOL.give(drawn["_buf"])
     return out
+
+
+_DEALER_POOL = _Pool()
 
 
 # --------------------------------------------------------------------- parties
@@ -504,6 +531,7 @@ class Comparator:
         self.kern = kernels(native)
         self.stats = CompareStats()
         self._unrequested: collections.deque[_Block] = collections.deque()
+        self._pool = _Pool()
         self._awaiting = False
 
     # ---------------------------------------------------------------- public
@@ -541,12 +569,12 @@ class Comparator:
 
     def _prepare(self, lo: int, hi: int, k: int) -> _Block:
         n = -(-(hi - lo) // ALIGN) * ALIGN
-        blk = _Block(lo, hi, n, k, _draw(self.stream, own_layout(n, k)), None)
+        blk = _Block(lo, hi, n, k, _draw(self.stream, own_layout(n, k), self._pool), None)
         if self.rank == 0:
             self._unrequested.append(blk)
             self._pump()
         else:
-            blk.fix = _draw(self.stream, fix_layout(n, k))
+            blk.fix = _draw(self.stream, fix_layout(n, k), self._pool)
         return blk
 
     def _pump(self) -> None:
@@ -684,10 +712,19 @@ class Comparator:
             out_b[blk.lo : blk.hi] = bb[:m]
         for j in range(k):
             out_p[j][blk.lo : blk.hi] = prod.reshape(k, n)[j, :m]
+        self._release(blk)
 
-    def _job_open(self, blk: _Block, xs: np.ndarray, out: np.ndarray) -> Generator[None, None, None]:
+    def _release(self, blk: _Block) -> None:
+        self._pool.give(blk.own["_buf"])
+        if self.rank == 1 and blk.fix is not None:
+            self._pool.give(blk.fix["_buf"])
+
+    def _job_open(
+        self, blk: _Block, xs: np.ndarray, out: np.ndarray
+    ) -> Generator[None, None, None]:
         m = blk.hi - blk.lo
         c, _ = yield from self._opened_c(blk, xs, [])
         b = yield from self._bit_share(blk, c, 0)
         theirs = yield from self._exchange(b, "cmp_bits")
         out[blk.lo : blk.hi] = np.unpackbits(b ^ theirs, bitorder="little")[:m].astype(bool)
+        self._release(blk)

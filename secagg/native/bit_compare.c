@@ -27,7 +27,7 @@
 #endif
 
 /* even-indexed bits of x, compressed into the low half (bit 2j -> bit j) */
-static inline uint64_t even64(uint64_t x) {
+static inline __attribute__((always_inline)) uint64_t even64(uint64_t x) {
   x &= 0x5555555555555555ULL;
   x = (x | (x >> 1)) & 0x3333333333333333ULL;
   x = (x | (x >> 2)) & 0x0F0F0F0F0F0F0F0FULL;
@@ -37,7 +37,7 @@ static inline uint64_t even64(uint64_t x) {
   return x;
 }
 
-static inline uint64_t ld(const uint8_t *p, int64_t i, int64_t w) {
+static inline __attribute__((always_inline)) uint64_t ld(const uint8_t *p, int64_t i, int64_t w) {
   switch (w) {
     case 32: { uint32_t v; memcpy(&v, p + 4 * i, 4); return v; }
     case 16: { uint16_t v; memcpy(&v, p + 2 * i, 2); return v; }
@@ -49,7 +49,7 @@ static inline uint64_t ld(const uint8_t *p, int64_t i, int64_t w) {
 }
 
 /* sub-byte widths OR into a zeroed buffer */
-static inline void st(uint8_t *p, int64_t i, int64_t w, uint64_t v) {
+static inline __attribute__((always_inline)) void st(uint8_t *p, int64_t i, int64_t w, uint64_t v) {
   switch (w) {
     case 32: { uint32_t u = (uint32_t)v; memcpy(p + 4 * i, &u, 4); return; }
     case 16: { uint16_t u = (uint16_t)v; memcpy(p + 2 * i, &u, 2); return; }
@@ -62,7 +62,7 @@ static inline void st(uint8_t *p, int64_t i, int64_t w, uint64_t v) {
 
 /* AND operands of the next level from w-bit (G, P) words of groups 0..w-1:
  * X = P_hi | P_hi << h, Y = G_lo | P_lo << h (h = w/2); keeps G_hi for the finish. */
-static inline void prep(uint64_t g, uint64_t p, int64_t w, uint64_t *x, uint64_t *y,
+static inline __attribute__((always_inline)) void prep(uint64_t g, uint64_t p, int64_t w, uint64_t *x, uint64_t *y,
                         uint64_t *ghi) {
   const int64_t h = w / 2;
   const uint64_t phi = even64(p >> 1);
@@ -102,18 +102,18 @@ void secagg_cmp_level1(int64_t n, int64_t party0, const uint64_t *c, const uint6
  * opened d, e), combine the groups, and start the next level: its masked operands
  * (d then e, n*w/16 bytes each) into out, or, after the last level (w == 2), this
  * party's XOR share of the comparison bit packed 8 per byte into out (n/8 bytes).
- * ghi is read and rewritten. */
-SECAGG_CLONES
-void secagg_cmp_level(int64_t n, int64_t w, int64_t party0, const uint8_t *mine,
-                      const uint8_t *theirs, const uint8_t *a, const uint8_t *b,
-                      const uint8_t *c, uint16_t *ghi, const uint8_t *a_next,
-                      const uint8_t *b_next, uint8_t *out) {
-  const int64_t len = n * w / 8, h = w / 2, hw = h;
+ * ghi is read and rewritten. The body is inlined per width so that every shift and
+ * mask is a constant (the loops vectorise). */
+static inline __attribute__((always_inline)) void level_w(
+    int64_t n, const int64_t w, int64_t party0, const uint8_t *mine, const uint8_t *theirs,
+    const uint8_t *a, const uint8_t *b, const uint8_t *c, uint16_t *ghi,
+    const uint8_t *a_next, const uint8_t *b_next, uint8_t *out) {
+  const int64_t len = n * w / 8, h = w / 2;
   const uint8_t k0 = party0 ? 0xFF : 0;
   const uint8_t *dm = mine, *em = mine + len, *dt = theirs, *et = theirs + len;
   uint8_t z[CHUNK * 4];
   const int64_t out_len = h == 1 ? n / 8 : n * h / 8;
-  memset(out, 0, (size_t)(h == 1 ? out_len : 2 * out_len));
+  if (h < 8) memset(out, 0, (size_t)(h == 1 ? out_len : 2 * out_len));
   uint8_t *dn = out, *en = out + out_len;
   for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
     const int64_t i1 = i0 + CHUNK < n ? i0 + CHUNK : n;
@@ -131,11 +131,25 @@ void secagg_cmp_level(int64_t n, int64_t w, int64_t party0, const uint8_t *mine,
       }
       const uint64_t p = zz >> h;
       uint64_t x, y, gh;
-      prep(g, p, hw, &x, &y, &gh);
-      st(dn, i, hw, x ^ ld(a_next, i, hw));
-      st(en, i, hw, y ^ ld(b_next, i, hw));
+      prep(g, p, h, &x, &y, &gh);
+      st(dn, i, h, x ^ ld(a_next, i, h));
+      st(en, i, h, y ^ ld(b_next, i, h));
       ghi[i] = (uint16_t)gh;
     }
+  }
+}
+
+SECAGG_CLONES
+void secagg_cmp_level(int64_t n, int64_t w, int64_t party0, const uint8_t *mine,
+                      const uint8_t *theirs, const uint8_t *a, const uint8_t *b,
+                      const uint8_t *c, uint16_t *ghi, const uint8_t *a_next,
+                      const uint8_t *b_next, uint8_t *out) {
+  switch (w) {
+    case 32: level_w(n, 32, party0, mine, theirs, a, b, c, ghi, a_next, b_next, out); break;
+    case 16: level_w(n, 16, party0, mine, theirs, a, b, c, ghi, a_next, b_next, out); break;
+    case 8: level_w(n, 8, party0, mine, theirs, a, b, c, ghi, a_next, b_next, out); break;
+    case 4: level_w(n, 4, party0, mine, theirs, a, b, c, ghi, a_next, b_next, out); break;
+    default: level_w(n, 2, party0, mine, theirs, a, b, c, ghi, a_next, b_next, out); break;
   }
 }
 
