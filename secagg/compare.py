@@ -243,7 +243,16 @@ class NumpyKernels:
 
     name = "numpy"
 
-    def level1(self, n, p0, c, rb, rr, a, b):  # noqa: ANN001, ANN201, D102
+    def level1(
+        self,
+        n: int,
+        p0: bool,
+        c: np.ndarray,
+        rb: np.ndarray,
+        rr: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         k0 = _U(0xFFFFFFFFFFFFFFFF if p0 else 0)
         nc = ~(c & _LOW63)
         r = rb & _LOW63
@@ -257,7 +266,20 @@ class NumpyKernels:
         de = np.concatenate([_pack(x ^ _unpack(a, n, 32), 32), _pack(y ^ _unpack(b, n, 32), 32)])
         return de, gh.astype(np.uint16)
 
-    def level(self, n, w, p0, mine, theirs, a, b, c, ghi, a_next, b_next):  # noqa: ANN001, ANN201, D102
+    def level(
+        self,
+        n: int,
+        w: int,
+        p0: bool,
+        mine: np.ndarray,
+        theirs: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray,
+        ghi: np.ndarray,
+        a_next: np.ndarray | None,
+        b_next: np.ndarray | None,
+    ) -> np.ndarray:
         ln = n * w // 8
         dd = mine[:ln] ^ theirs[:ln]
         ee = mine[ln:] ^ theirs[ln:]
@@ -274,23 +296,48 @@ class NumpyKernels:
         return np.concatenate([_pack(x ^ _unpack(a_next, n, h), h),
                                _pack(y ^ _unpack(b_next, n, h), h)])  # fmt: skip
 
-    def b2a(self, n, p0, e_mine, e_theirs, s, y, f, sv, want_bits):  # noqa: ANN001, ANN201, D102
+    def b2a(
+        self,
+        n: int,
+        p0: bool,
+        e_mine: np.ndarray,
+        e_theirs: np.ndarray,
+        s: np.ndarray,
+        y: np.ndarray,
+        f: np.ndarray,
+        sv: np.ndarray,
+        want_bits: bool,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         e = np.unpackbits(e_mine ^ e_theirs, bitorder="little")[:n].astype(np.int64)
         sign = 1 - 2 * e
         s = s.view(np.int64)
         bits = (e if p0 else 0) + sign * s if want_bits else None
-        prod = e * y.view(np.int64) + sign * (f.view(np.int64) * s + sv.view(np.int64))
+        f2, sv2 = f.view(np.int64).reshape(-1, n), sv.view(np.int64).reshape(-1, n)
+        prod = e * y.view(np.int64).reshape(-1, n) + sign * (f2 * s + sv2)
         return bits, prod
 
-    def dealer_bits(self, n, r0, r1, rb1, rr1):  # noqa: ANN001, ANN201, D102
+    def dealer_bits(
+        self, n: int, r0: np.ndarray, r1: np.ndarray, rb1: np.ndarray, rr1: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         r = r0 + r1
         lo = r & _LOW63
         return r ^ rb1, _pack(_even(lo & (lo >> _U(1))) ^ _unpack(rr1, n, 32), 32)
 
-    def dealer_and(self, a0, a1, b0, b1, c1):  # noqa: ANN001, ANN201, D102
+    def dealer_and(
+        self, a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray, c1: np.ndarray
+    ) -> np.ndarray:
         return ((a0 ^ a1) & (b0 ^ b1)) ^ c1
 
-    def dealer_b2a(self, n, sb0, sb1, s1, v0, v1, sv1):  # noqa: ANN001, ANN201, D102
+    def dealer_b2a(
+        self,
+        n: int,
+        sb0: np.ndarray,
+        sb1: np.ndarray,
+        s1: np.ndarray,
+        v0: np.ndarray,
+        v1: np.ndarray,
+        sv1: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         s = np.unpackbits(sb0 ^ sb1, bitorder="little")[:n].astype(np.uint64)
         sv0 = s[None, :] * (v0 + v1).reshape(-1, n) - sv1.reshape(-1, n)
         return s - s1, sv0.reshape(-1)
@@ -308,21 +355,54 @@ class NativeKernels:
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
 
-    def level1(self, n, p0, c, rb, rr, a, b):  # noqa: ANN001, ANN201, D102
+    def level1(
+        self,
+        n: int,
+        p0: bool,
+        c: np.ndarray,
+        rb: np.ndarray,
+        rr: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         de = np.empty(8 * n, dtype=np.uint8)
         ghi = np.empty(n, dtype=np.uint16)
         self.lib.secagg_cmp_level1(n, int(p0), _ptr(c), _ptr(rb), _ptr(rr), _ptr(a), _ptr(b),
                                    _ptr(de), _ptr(ghi))  # fmt: skip
         return de, ghi
 
-    def level(self, n, w, p0, mine, theirs, a, b, c, ghi, a_next, b_next):  # noqa: ANN001, ANN201, D102
+    def level(
+        self,
+        n: int,
+        w: int,
+        p0: bool,
+        mine: np.ndarray,
+        theirs: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray,
+        ghi: np.ndarray,
+        a_next: np.ndarray | None,
+        b_next: np.ndarray | None,
+    ) -> np.ndarray:
         h = w // 2
         out = np.empty(n // 8 if h == 1 else 2 * n * h // 8, dtype=np.uint8)
-        self.lib.secagg_cmp_level(n, w, int(p0), _ptr(mine), _ptr(theirs), _ptr(a), _ptr(b),
-                                  _ptr(c), _ptr(ghi), _ptr(a_next), _ptr(b_next), _ptr(out))  # fmt: skip
+        ptrs = [_ptr(v) for v in (mine, theirs, a, b, c, ghi, a_next, b_next, out)]
+        self.lib.secagg_cmp_level(n, w, int(p0), *ptrs)
         return out
 
-    def b2a(self, n, p0, e_mine, e_theirs, s, y, f, sv, want_bits):  # noqa: ANN001, ANN201, D102
+    def b2a(
+        self,
+        n: int,
+        p0: bool,
+        e_mine: np.ndarray,
+        e_theirs: np.ndarray,
+        s: np.ndarray,
+        y: np.ndarray,
+        f: np.ndarray,
+        sv: np.ndarray,
+        want_bits: bool,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         k = y.shape[0]
         bits = np.empty(n, dtype=np.int64) if want_bits else None
         prod = np.empty((k, n), dtype=np.int64)
@@ -331,20 +411,33 @@ class NativeKernels:
                                 _ptr(prod))  # fmt: skip
         return bits, prod
 
-    def dealer_bits(self, n, r0, r1, rb1, rr1):  # noqa: ANN001, ANN201, D102
+    def dealer_bits(
+        self, n: int, r0: np.ndarray, r1: np.ndarray, rb1: np.ndarray, rr1: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         rb0 = np.empty(n, dtype=np.uint64)
         rr0 = np.empty(4 * n, dtype=np.uint8)
         self.lib.secagg_cmp_dealer_bits(n, _ptr(r0), _ptr(r1), _ptr(rb1), _ptr(rr1),
                                         _ptr(rb0), _ptr(rr0))  # fmt: skip
         return rb0, rr0
 
-    def dealer_and(self, a0, a1, b0, b1, c1):  # noqa: ANN001, ANN201, D102
+    def dealer_and(
+        self, a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray, c1: np.ndarray
+    ) -> np.ndarray:
         c0 = np.empty_like(c1)
         self.lib.secagg_cmp_dealer_and(len(c1), _ptr(a0), _ptr(a1), _ptr(b0), _ptr(b1),
                                        _ptr(c1), _ptr(c0))  # fmt: skip
         return c0
 
-    def dealer_b2a(self, n, sb0, sb1, s1, v0, v1, sv1):  # noqa: ANN001, ANN201, D102
+    def dealer_b2a(
+        self,
+        n: int,
+        sb0: np.ndarray,
+        sb1: np.ndarray,
+        s1: np.ndarray,
+        v0: np.ndarray,
+        v1: np.ndarray,
+        sv1: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         k = v0.size // n
         s0 = np.empty(n, dtype=np.uint64)
         sv0 = np.empty(k * n, dtype=np.uint64)
@@ -670,9 +763,7 @@ class Comparator:
         msg += theirs
         return msg[:n].view(np.uint64), msg[n:]
 
-    def _bit_share(
-        self, blk: _Block, c: np.ndarray, k: int
-    ) -> Generator[None, None, np.ndarray]:
+    def _bit_share(self, blk: _Block, c: np.ndarray, k: int) -> Generator[None, None, np.ndarray]:
         """This party's XOR share of msb(x), packed 8 per byte (levels 1..6)."""
         n, p0, own = blk.n, self.rank == 0, blk.own
         fix = self._fix(blk, k)
