@@ -1019,33 +1019,44 @@ class MpcSession:
         idx = torch.tensor(list(selected), dtype=torch.long)
         d = x.shape[1]
         # Coordinates are independent: the circuit runs on column blocks of about
-        # 2^19 / θ coordinates, so CrypTen's comparison temporaries (some 250 bytes per
-        # value) stay near 130 MB instead of growing with d (2.5 GB at θ=8, d=10^6).
+        # 2^19 / θ coordinates, so the comparisons' working memory (secagg.compare's
+        # blocks plus a layer's differences) stays bounded instead of growing with d.
         # (``block`` overrides the columns per block: tests, tuning)
         width = block if block is not None else max(1024, _BULYAN_BLOCK_VALUES // theta)
         if width < 1:
             raise ValueError(f"block must be a positive number of columns, got {width}")
-        with self._phase("bulyan_coordinate"):
+        network = _selection_network(theta, _bulyan_positions(theta, f))
+        with self._phase("bulyan_coordinate"), self._comparisons() as cmp:
             parts = [
-                self._bulyan_block(x[:, c0 : c0 + width].index_select(0, idx), f)
+                self._bulyan_block(cmp, x[:, c0 : c0 + width].index_select(0, idx), f, network)
                 for c0 in range(0, d, width)
             ]
-        return torch.cat(parts).numpy()
+            return torch.cat(parts).numpy()
 
-    @staticmethod
-    def _bulyan_block(rows: torch.Tensor, f: int) -> torch.Tensor:
-        """:meth:`bulyan_window_sum` on θ rows of a column block (a copy, sorted in place)."""
-        theta = rows.shape[0]
+    def _bulyan_block(
+        self,
+        cmp: compare.Comparator,
+        rows: torch.Tensor,
+        f: int,
+        network: list[list[tuple[int, int]]],
+    ) -> torch.Tensor:
+        """:meth:`bulyan_window_sum` on θ rows of a column block (a copy, sorted in place).
+
+        Linear steps work on this party's raw share (exact int64 arithmetic); each
+        compare-exchange is one batched :mod:`secagg.compare` call that returns shares
+        of ``max(a - b, 0) = (a - b)·[b - a < 0]`` (CrypTen's ``diff * diff.gt(0)``,
+        the same ring values), moved from the lower to the upper row.
+        """
+        theta, w = rows.shape
         beta = theta - 2 * f
-        # Linear steps work on this party's raw share (exact int64 arithmetic);
-        # only comparisons and bit×value products go through CrypTen.
-        for layer in _sorting_network(theta):
+        for layer in network:
             lo = torch.tensor([p[0] for p in layer], dtype=torch.long)
             hi = torch.tensor([p[1] for p in layer], dtype=torch.long)
-            diff = _shared(rows[lo] - rows[hi])
-            delta = _share_of(diff * diff.gt(0))  # move max(a-b, 0) from lo to hi
-            rows[lo] -= delta
-            rows[hi] += delta
+            diff = (rows[lo] - rows[hi]).reshape(-1)
+            _, (delta,) = cmp.msb((-diff).numpy(), [diff.numpy()], bits=False)
+            moved = torch.from_numpy(delta).view(len(layer), w)
+            rows[lo] -= moved
+            rows[hi] += moved
         mid = (theta - 1) // 2
         med = rows[mid]
         best_cost = best_sum = None
@@ -1055,15 +1066,16 @@ class MpcSession:
             # Σ_{j<mid}(med - x_j) + Σ_{j>mid}(x_j - med) over the window, which
             # is linear because the rows are sorted
             cost = wsum - 2 * rows[s:mid].sum(dim=0) - (1 + above - below) * med
-            if best_cost is None:
-                best_cost, best_sum = _shared(cost), _shared(wsum)
+            if best_cost is None or best_sum is None:
+                best_cost, best_sum = cost, wsum
                 continue
-            c_cost, c_sum = _shared(cost), _shared(wsum)
-            better = c_cost.lt(best_cost)  # strict: ties keep the lower window
-            best_cost = best_cost + (c_cost - best_cost) * better
-            best_sum = best_sum + (c_sum - best_sum) * better
+            # strict: ties keep the lower window (CrypTen's c_cost.lt(best_cost))
+            step = (cost - best_cost).numpy()
+            _, (dc, ds) = cmp.msb(step, [step, (wsum - best_sum).numpy()], bits=False)
+            best_cost = best_cost + torch.from_numpy(dc)
+            best_sum = best_sum + torch.from_numpy(ds)
         assert best_sum is not None
-        return best_sum._tensor.reveal()
+        return self._open(best_sum)
 
     def ping_dealer(self) -> None:
         """Server A: one round trip to the dealer, between rounds; raises if it is gone.
@@ -1127,3 +1139,30 @@ def _sorting_network(n: int) -> list[list[tuple[int, int]]]:
             k //= 2
         p *= 2
     return layers
+
+
+def _bulyan_positions(theta: int, f: int) -> set[int]:
+    """Sorted positions Bulyan's window stage reads: every candidate window and the median."""
+    beta = theta - 2 * f
+    mid = (theta - 1) // 2
+    first = max(0, mid - beta + 1)
+    last = min(mid, theta - beta) + beta - 1
+    return set(range(first, last + 1)) | {mid}
+
+
+def _selection_network(n: int, needed: set[int]) -> list[list[tuple[int, int]]]:
+    """:func:`_sorting_network` without the comparators that cannot affect ``needed``.
+
+    Walking the layers backwards, a comparator is kept iff one of its wires is still
+    needed (it then needs both of its inputs); the values on the needed wires are then
+    exactly those of the full sort (a median needs a selection, not a sort).
+    """
+    want = set(needed)
+    kept: list[list[tuple[int, int]]] = []
+    for layer in reversed(_sorting_network(n)):
+        keep = [(a, b) for a, b in layer if a in want or b in want]
+        for a, b in keep:
+            want.update((a, b))
+        if keep:
+            kept.append(keep)
+    return kept[::-1]

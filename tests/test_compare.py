@@ -216,3 +216,48 @@ def test_bad_inputs_are_refused_before_anything_is_sent():
         cmp.msb(np.zeros(4, dtype=np.int32))
     with pytest.raises(ValueError, match="as long as x"):
         cmp.msb(np.zeros(4, dtype=np.int64), [np.zeros(3, dtype=np.int64)])
+
+
+# ------------------------------------------------------------- Bulyan's stage
+def _apply(network: list[list[tuple[int, int]]], v: np.ndarray) -> np.ndarray:
+    v = v.copy()
+    for layer in network:
+        for a, b in layer:
+            lo, hi = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+            v[a], v[b] = lo, hi
+    return v
+
+
+@pytest.mark.parametrize("theta", range(1, 41))
+def test_selection_network_gives_the_sorted_values_bulyan_reads(theta):
+    from secagg.mpc import _bulyan_positions, _selection_network, _sorting_network
+
+    rng = np.random.default_rng(theta)
+    for f in range(0, (theta - 1) // 2 + 1):
+        need = sorted(_bulyan_positions(theta, f))
+        net = _selection_network(theta, set(need))
+        assert sum(map(len, net)) <= sum(map(len, _sorting_network(theta)))
+        for _ in range(20):
+            v = rng.integers(-5, 5, (theta, 3))  # many ties
+            assert np.array_equal(_apply(net, v)[need], np.sort(v, axis=0)[need])
+
+
+def _bulyan(session, share, selected, f, block):  # noqa: ANN001, ANN201
+    return session.bulyan_window_sum(share, selected, f, block=block)
+
+
+@pytest.mark.parametrize(("n", "f"), [(7, 1), (12, 2), (20, 4)])
+def test_bulyan_stage_exact_at_the_headroom_extremes(gloo_native, n, f):
+    """Coordinates up to ±2^62/(4n), ties and zeros: large enough that every window
+    cost difference is near 2^62, small enough that none wraps the ring."""
+    from secagg import rules
+
+    rng = np.random.default_rng(n)
+    lim = 2**62 // (4 * n)
+    X = rng.integers(-lim, lim, (n, 300), dtype=np.int64, endpoint=True)
+    X[:, :20] = rng.choice(np.array([-lim, 0, lim, 1, -1], dtype=np.int64), (n, 20))
+    X[:, 20:30] = X[0, 20:30]  # all equal
+    selected = list(range(n))
+    a, b = split(rng, X)
+    got, _ = gloo_native.run(_bulyan, (a, selected, f, 128), (b, selected, f, 128))
+    np.testing.assert_array_equal(got, rules.bulyan_window_sum(X[selected], f))
