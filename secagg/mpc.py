@@ -956,11 +956,13 @@ class MpcSession:
         # shares of T - p and p + T: the public T is added by party 0 only
         pub = T if self.rank == RANK_A else 0
         both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test
-        outside = MPCTensor.from_shares(both, precision=0).lt(0)  # 0/1 per bound
-        fails = outside.reshape(2, n, k).sum(dim=0).sum(dim=1)  # per worker, in [0, 2k]
-        rejected = (fails - 1).ge(0)  # only this bit per worker is opened
-        bits = rejected._tensor.reveal()
-        return bits.numpy() == 0
+        one = 1 if self.rank == RANK_A else 0
+        with self._comparisons() as cmp:
+            outside, _ = cmp.msb(both.numpy())  # shares of 0/1 per bound: [v < 0]
+            assert outside is not None
+            fails = outside.reshape(2, n, k).sum(axis=(0, 2))  # per worker, in [0, 2k]
+            # only this bit per worker is opened: [fails - 1 < 0], i.e. no bound failed
+            return cmp.open_msb(fails - one)
 
     def reveal_sum(self, share: np.ndarray, selected: Sequence[int]) -> np.ndarray:
         """Each server sums its own shares of the selected rows; only that sum is opened."""
