@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from secagg import compare
 from secagg.prg import KEY_BYTES, AesCtrStream, fresh_key
 from secagg.ringmath import matmul_nt
 
@@ -481,6 +482,12 @@ class _Dealer:
                     r += torch.from_numpy(st.fill(buf[: n * w].reshape(n, w)))
                 matmul_nt(r, r, out=z)  # blockwise: the dealer never holds all of R
             return z - symmetric_ring(self.streams[1], n)
+        if fid == compare.FID_COMPARE:  # secure comparisons: secagg.compare's edaBits
+            try:
+                fix = compare.dealer_material(self.streams, int(hdr[1]), int(hdr[2]))
+            except compare.CompareError as exc:
+                raise MpcError(str(exc)) from None
+            return torch.from_numpy(fix)
         raise MpcError(f"bad dealer request: function {fid}")
 
     def serve(self) -> None:
@@ -969,11 +976,13 @@ class MpcSession:
         # shares of T - p and p + T: the public T is added by party 0 only
         pub = T if self.rank == RANK_A else 0
         both = torch.stack([pub - p, p + pub]).reshape(-1)  # flat: one batched test
-        outside = MPCTensor.from_shares(both, precision=0).lt(0)  # 0/1 per bound
-        fails = outside.reshape(2, n, k).sum(dim=0).sum(dim=1)  # per worker, in [0, 2k]
-        rejected = (fails - 1).ge(0)  # only this bit per worker is opened
-        bits = rejected._tensor.reveal()
-        return bits.numpy() == 0
+        one = 1 if self.rank == RANK_A else 0
+        with self._comparisons() as cmp:
+            outside, _ = cmp.msb(both.numpy())  # shares of 0/1 per bound: [v < 0]
+            assert outside is not None
+            fails = outside.reshape(2, n, k).sum(axis=(0, 2))  # per worker, in [0, 2k]
+            # only this bit per worker is opened: [fails - 1 < 0], i.e. no bound failed
+            return cmp.open_msb(fails - one)
 
     def at_most(self, values: np.ndarray, bound: int, phase: str = "norm_check") -> np.ndarray:
         """Which entries of a shared int64 vector are ``<= bound`` (public); only those
@@ -1006,6 +1015,28 @@ class MpcSession:
             s = self._open(s)
         return s.numpy()
 
+    def comparator(self, **kwargs: object) -> compare.Comparator:
+        """This party's end of :mod:`secagg.compare` (collective, like every method here)
+        on the session's A–B link and dealer channel; what it receives is recorded in
+        :attr:`transcript` when that is on. ``kwargs`` go to the Comparator (tuning)."""
+        cl = _client()
+        record = None
+        if self.transcript is not None:
+            record = lambda label, arr: self._record(label, torch.from_numpy(arr))  # noqa: E731
+        return compare.Comparator(
+            self.rank, self._link, cl.stream, cl if self.rank == RANK_A else None,
+            record=record, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _comparisons(self) -> Iterator[compare.Comparator]:
+        cmp = self.comparator()
+        try:
+            yield cmp
+        finally:  # its traffic counts in the enclosing phase
+            self._sent += cmp.stats.bytes_sent
+            self._rounds += cmp.stats.rounds
+
     def bulyan_window_sum(
         self,
         share: np.ndarray,
@@ -1034,40 +1065,52 @@ class MpcSession:
         idx = torch.tensor(list(selected), dtype=torch.long)
         d = x.shape[1]
         # Coordinates are independent: the circuit runs on column blocks of about
-        # 2^19 / θ coordinates, so CrypTen's comparison temporaries (some 250 bytes per
-        # value) stay near 130 MB instead of growing with d (2.5 GB at θ=8, d=10^6).
+        # 2^19 / θ coordinates, so the comparisons' working memory (secagg.compare's
+        # blocks plus a layer's differences) stays bounded instead of growing with d.
         # (``block`` overrides the columns per block: tests, tuning)
         width = block if block is not None else max(1024, _BULYAN_BLOCK_VALUES // theta)
         if width < 1:
             raise ValueError(f"block must be a positive number of columns, got {width}")
-        with self._phase("bulyan_coordinate"):
+        network = _selection_network(theta, _bulyan_positions(theta, f))
+        with self._phase("bulyan_coordinate"), self._comparisons() as cmp:
             extra = None if noise is None else self._as_tensor(noise)
             parts = [
                 self._bulyan_block(
+                    cmp,
                     x[:, c0 : c0 + width].index_select(0, idx),
                     f,
+                    network,
                     None if extra is None else extra[c0 : c0 + width],
                 )
                 for c0 in range(0, d, width)
             ]
-        return torch.cat(parts).numpy()
+            return torch.cat(parts).numpy()
 
-    @staticmethod
     def _bulyan_block(
-        rows: torch.Tensor, f: int, noise: torch.Tensor | None = None
+        self,
+        cmp: compare.Comparator,
+        rows: torch.Tensor,
+        f: int,
+        network: list[list[tuple[int, int]]],
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """:meth:`bulyan_window_sum` on θ rows of a column block (a copy, sorted in place)."""
-        theta = rows.shape[0]
+        """:meth:`bulyan_window_sum` on θ rows of a column block (a copy, sorted in place).
+
+        Linear steps work on this party's raw share (exact int64 arithmetic); each
+        compare-exchange is one batched :mod:`secagg.compare` call that returns shares
+        of ``max(a - b, 0) = (a - b)·[b - a < 0]`` (CrypTen's ``diff * diff.gt(0)``,
+        the same ring values), moved from the lower to the upper row.
+        """
+        theta, w = rows.shape
         beta = theta - 2 * f
-        # Linear steps work on this party's raw share (exact int64 arithmetic);
-        # only comparisons and bit×value products go through CrypTen.
-        for layer in _sorting_network(theta):
+        for layer in network:
             lo = torch.tensor([p[0] for p in layer], dtype=torch.long)
             hi = torch.tensor([p[1] for p in layer], dtype=torch.long)
-            diff = _shared(rows[lo] - rows[hi])
-            delta = _share_of(diff * diff.gt(0))  # move max(a-b, 0) from lo to hi
-            rows[lo] -= delta
-            rows[hi] += delta
+            diff = (rows[lo] - rows[hi]).reshape(-1)
+            _, (delta,) = cmp.msb((-diff).numpy(), [diff.numpy()], bits=False)
+            moved = torch.from_numpy(delta).view(len(layer), w)
+            rows[lo] -= moved
+            rows[hi] += moved
         mid = (theta - 1) // 2
         med = rows[mid]
         best_cost = best_sum = None
@@ -1077,17 +1120,18 @@ class MpcSession:
             # Σ_{j<mid}(med - x_j) + Σ_{j>mid}(x_j - med) over the window, which
             # is linear because the rows are sorted
             cost = wsum - 2 * rows[s:mid].sum(dim=0) - (1 + above - below) * med
-            if best_cost is None:
-                best_cost, best_sum = _shared(cost), _shared(wsum)
+            if best_cost is None or best_sum is None:
+                best_cost, best_sum = cost, wsum
                 continue
-            c_cost, c_sum = _shared(cost), _shared(wsum)
-            better = c_cost.lt(best_cost)  # strict: ties keep the lower window
-            best_cost = best_cost + (c_cost - best_cost) * better
-            best_sum = best_sum + (c_sum - best_sum) * better
+            # strict: ties keep the lower window (CrypTen's c_cost.lt(best_cost))
+            step = (cost - best_cost).numpy()
+            _, (dc, ds) = cmp.msb(step, [step, (wsum - best_sum).numpy()], bits=False)
+            best_cost = best_cost + torch.from_numpy(dc)
+            best_sum = best_sum + torch.from_numpy(ds)
         assert best_sum is not None
-        if noise is not None:
-            best_sum._tensor.share += noise
-        return best_sum._tensor.reveal()
+        if noise is not None:  # secagg.dp: this server's noise, before the opening
+            best_sum = best_sum + noise
+        return self._open(best_sum)
 
     def ping_dealer(self) -> None:
         """Server A: one round trip to the dealer, between rounds; raises if it is gone.
@@ -1151,3 +1195,30 @@ def _sorting_network(n: int) -> list[list[tuple[int, int]]]:
             k //= 2
         p *= 2
     return layers
+
+
+def _bulyan_positions(theta: int, f: int) -> set[int]:
+    """Sorted positions Bulyan's window stage reads: every candidate window and the median."""
+    beta = theta - 2 * f
+    mid = (theta - 1) // 2
+    first = max(0, mid - beta + 1)
+    last = min(mid, theta - beta) + beta - 1
+    return set(range(first, last + 1)) | {mid}
+
+
+def _selection_network(n: int, needed: set[int]) -> list[list[tuple[int, int]]]:
+    """:func:`_sorting_network` without the comparators that cannot affect ``needed``.
+
+    Walking the layers backwards, a comparator is kept iff one of its wires is still
+    needed (it then needs both of its inputs); the values on the needed wires are then
+    exactly those of the full sort (a median needs a selection, not a sort).
+    """
+    want = set(needed)
+    kept: list[list[tuple[int, int]]] = []
+    for layer in reversed(_sorting_network(n)):
+        keep = [(a, b) for a, b in layer if a in want or b in want]
+        for a, b in keep:
+            want.update((a, b))
+        if keep:
+            kept.append(keep)
+    return kept[::-1]

@@ -36,6 +36,8 @@ import torch
 log = logging.getLogger("secagg.ringmath")
 
 _SRC = Path(__file__).with_name("native") / "ring_gemm.c"
+# every native kernel `--build` compiles (secagg.compare loads bit_compare.c)
+NATIVE_SOURCES = (_SRC, _SRC.with_name("bit_compare.c"))
 _ABI = 3
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -43,10 +45,11 @@ _REASON = "not loaded yet"
 _TRIED = False
 
 
-def _tag() -> str:
-    digest = hashlib.sha256(_SRC.read_bytes()).hexdigest()[:12]
+def _tag(src: Path = _SRC) -> str:
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
     plat = f"{sys.platform}-{platform.machine()}".replace(" ", "_")
-    return f"ring_gemm-{digest}-{plat}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    suffix = sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
+    return f"{src.stem}-{digest}-{plat}{suffix}"
 
 
 def _candidates() -> list[Path]:
@@ -61,8 +64,9 @@ def _compiler() -> str | None:
     return None
 
 
-def build(quiet: bool = True) -> Path:
-    """Compile the kernel into the first writable build directory; return its path.
+def build(quiet: bool = True, src: Path = _SRC) -> Path:
+    """Compile a kernel (``src``, by default the ring product) into the first writable
+    build directory; return its path.
 
     The object is written to a temporary name and renamed into place, so processes
     that build at the same moment (A, B and the dealer on one host) never load a
@@ -73,7 +77,7 @@ def build(quiet: bool = True) -> Path:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     errors = []
     for folder in _candidates():
-        target = folder / _tag()
+        target = folder / _tag(src)
         if target.exists():
             return target
         try:
@@ -83,7 +87,7 @@ def build(quiet: bool = True) -> Path:
         except OSError as exc:
             errors.append(f"{folder}: {exc}")
             continue
-        cmd = [cc, "-O3", "-fPIC", "-shared", "-o", tmp, str(_SRC)]
+        cmd = [cc, "-O3", "-fPIC", "-shared", "-o", tmp, str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             Path(tmp).unlink(missing_ok=True)
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.build:
         try:
-            build(quiet=False)
+            for src in NATIVE_SOURCES:
+                build(quiet=False, src=src)
         except RuntimeError as exc:
             print(f"secagg.ringmath: build failed: {exc}", file=sys.stderr)
             print("secagg still works, with torch's slower int64 matmul.", file=sys.stderr)
