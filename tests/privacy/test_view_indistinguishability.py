@@ -181,6 +181,8 @@ def test_dealer_requests_depend_only_on_the_sizes(recorded, cluster):
     rng = np.random.default_rng(1)
     at_bound = rng.normal(size=(N, DIM))
     at_bound *= PARAMS.norm_bound / np.linalg.norm(at_bound, axis=1, keepdims=True)
+    # as close to the bound as the exact encoded check admits (SHARE_ENCODING §2.2)
+    at_bound = np.stack([encoding.clip_to_bounds(row, PARAMS) for row in at_bound])
     for X in (np.zeros((N, DIM)), at_bound):
         Xenc = np.stack([encoding.encode(row, PARAMS) for row in X])
         run = recorded_run(cluster, Xenc, recorded.plan, which=-1)
