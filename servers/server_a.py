@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health
 
-from secagg import encoding, mpc, protocol, sharing, transport
+from secagg import encoding, metrics, mpc, protocol, sharing, transport
 from secagg.prg import fresh_key
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundState, Rule
 from secagg.store import StoredOutcome, open_store
@@ -131,6 +131,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             receipt = await asyncio.to_thread(
                 rnd.submit, request.worker_id, request.submission_id, bytes(request.seed)
             )
+            metrics.ingest_bytes(len(request.seed))
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
                 proj.add(request.worker_id, bytes(request.seed))
@@ -513,6 +514,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out.divisor = plan.divisor(n, selected)
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
+        metrics.mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
 
     async def close(self) -> None:
@@ -537,6 +539,7 @@ async def serve(args: argparse.Namespace) -> None:
     common.tune_memory()
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
     admin_token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
+    metrics.serve(args.metrics_listen, "server-a", settings.tls)
     server, hs = common.make_server(settings)
     svc = ServerA(settings, tokens, args.peer, admin_token, args.phase_timeout)
     svc.health = hs  # the session keeper reports NOT_SERVING while it rebuilds

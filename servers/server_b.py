@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health
 
-from secagg import encoding, mpc, protocol, transport
+from secagg import encoding, metrics, mpc, protocol, transport
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed
 from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
@@ -123,6 +123,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
             receipt = await asyncio.to_thread(
                 rnd.submit, wid, header.submission_id, share, digest=assembler.digest()
             )
+            metrics.ingest_bytes(share.nbytes)
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
                 proj.add(wid, share)
@@ -334,6 +335,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 )
                 name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
                 rnd.record_mpc_traffic(self.session.traffic.as_dict())
+                metrics.mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
                 self._end_of_2pc(rnd.round_id)
             else:
@@ -404,6 +406,7 @@ async def serve(args: argparse.Namespace) -> None:
     common.setup_logging(settings.log_level)
     common.tune_memory()
     tokens = transport.TokenStore.load(Path(args.worker_tokens))
+    metrics.serve(args.metrics_listen, "server-b", settings.tls)
     server, hs = common.make_server(settings)
     svc = ServerB(settings, tokens)
     svc.health = hs  # the session member reports NOT_SERVING between sessions
