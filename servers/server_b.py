@@ -103,7 +103,8 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"dim {header.dim} does not match the round's {rnd.config.dim}",
                         )
-                    assembler = transport.ChunkAssembler(rnd.config.dim)
+                    # hashed once complete, off the event loop (below), not chunk by chunk
+                    assembler = transport.ChunkAssembler(rnd.config.dim, hash_chunks=False)
                 elif (chunk.round_id and chunk.round_id != header.round_id) or (
                     chunk.worker_id and chunk.worker_id != header.worker_id
                 ):
@@ -118,11 +119,9 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send at least one chunk"
                 )
             share = assembler.finish()
-            # the store fsyncs the share before the receipt goes out: off the event loop;
-            # the assembler hashed the bytes as they arrived (= payload_digest(share))
-            receipt = await asyncio.to_thread(
-                rnd.submit, wid, header.submission_id, share, digest=assembler.digest()
-            )
+            # off the event loop: the SHA-256 of the share (hashlib releases the GIL, so
+            # other uploads go on meanwhile) and the store's fsync before the receipt
+            receipt = await asyncio.to_thread(rnd.submit, wid, header.submission_id, share)
             metrics.ingest_bytes(share.nbytes)
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
