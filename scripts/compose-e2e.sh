@@ -140,7 +140,11 @@ step build
 BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE")
 FIND_LINKS=$(pip config list 2>/dev/null | sed -n "s/^[a-z:.]*find-links='\(.*\)'$/\1/p" | head -1)
 if [ -n "$FIND_LINKS" ] && ls "$FIND_LINKS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # a fixed port by default: the URL is part of the build cache's key of the torch layer
+  PORT=${SECAGG_E2E_WHEEL_PORT:-18765}
+  if ! python3 -c "import socket; socket.socket().bind(('127.0.0.1', $PORT))" 2>/dev/null; then
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  fi
   python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$FIND_LINKS" >/dev/null 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 50); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/')" 2>/dev/null && break; sleep 0.1; done
@@ -188,7 +192,7 @@ for spec in "server-a 9464" "server-b 9465"; do
   [ "$done_n" -ge 1 ] && [ "$acc" -ge "$SECAGG_WORKERS" ] && [ "$b" -gt 0 ] || die "$1's counters did not move"
 done
 
-# ------------------------------------------------------------------- 5. crash
+# ------------------------------------------------------------------- 6. crash
 step crash
 run_round() {
   compose run --rm --no-deps -T -e SECAGG_WORKERS -e SECAGG_DEMO_DIM -e SECAGG_DEMO_RULE \
@@ -213,7 +217,7 @@ REBUILDS=$(metric server-a 9464 secagg_mpc_session_rebuilds_total "")
 log "server A rebuilt the MPC session $REBUILDS time(s)"
 [ "$REBUILDS" -ge 1 ] || die "server A's metrics show no session rebuild"
 
-# -------------------------------------------------------------------- 6. down
+# -------------------------------------------------------------------- 7. down
 step down
 compose down -v --remove-orphans >/dev/null 2>&1
 step end
