@@ -27,7 +27,7 @@
 #  7. down      `docker-compose down -v` (also on failure, unless SECAGG_E2E_KEEP=1)
 # Idempotent: a previous run's project is removed first; images are reused.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "${SECAGG_E2E_ROOT:-$(dirname "$0")/..}"
 ROOT=$PWD
 PROJECT=${SECAGG_E2E_PROJECT:-secagg-e2e}
 IMAGE=${SECAGG_E2E_IMAGE:-secagg:e2e}
@@ -154,6 +154,8 @@ fi
 docker build --network host -f deploy/Dockerfile "${BUILD_ARGS[@]}" -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
   || { tail -40 "$WORK/build.log" >&2; die "docker build"; }
 [ -n "$SERVER_PID" ] && { kill "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }
+# the previous build of this tag, now untagged: vfs keeps a full copy per layer
+docker image prune -f >/dev/null 2>&1 || true
 SIZE=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "image $IMAGE: $((SIZE / 1000000)) MB"
 
