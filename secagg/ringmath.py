@@ -72,6 +72,10 @@ def build(quiet: bool = True, src: Path = _SRC) -> Path:
     that build at the same moment (A, B and the dealer on one host) never load a
     half-written file.
     """
+    # an object built before (e.g. in the image, whose compiler was removed after)
+    for folder in _candidates():
+        if (folder / _tag()).exists():
+            return folder / _tag()
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")

@@ -689,7 +689,15 @@ class RoundSnapshot:
     updated_unix_ms: int
 
 
+#: Called as ``hook(event, fields)`` for every event this module logs (ids, counts and
+#: reasons only); :mod:`secagg.metrics` subscribes. A hook must be cheap: some events
+#: are emitted under a round's lock.
+EVENT_HOOKS: list[Callable[[str, dict[str, Any]], None]] = []
+
+
 def _log_event(event: str, **fields: Any) -> None:
+    for hook in EVENT_HOOKS:
+        hook(event, fields)
     fields = {"event": event, **fields}
     log.info(json.dumps(fields, sort_keys=True, separators=(",", ":")))
 

@@ -175,13 +175,14 @@ def _snapshot_from_json(text: str) -> RoundSnapshot:
     )
 
 
-def _encode_payload(payload: bytes | np.ndarray) -> tuple[str, bytes | None]:
+def _encode_payload(payload: bytes | np.ndarray) -> tuple[str, bytes | memoryview | None]:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         data = bytes(payload)
         # a finished round's submissions keep no payload (Round drops them)
         return "seed", (data or None)
     arr = np.ascontiguousarray(payload, dtype="<i8")
-    return "share", (arr.tobytes() if arr.size else None)
+    # a view, not a copy: SQLite reads the blob straight from the array
+    return "share", (memoryview(arr).cast("B") if arr.size else None)
 
 
 def _decode_payload(kind: str, blob: bytes | None) -> bytes | np.ndarray:

@@ -729,10 +729,20 @@ class ChunkAssembler:
         Element type on the wire: ``"<i8"`` (shares) or ``"<f8"`` (aggregates).
     max_chunk_bytes
         Largest accepted chunk.
+    hash_chunks
+        Hash each chunk as it is added (the default). False leaves the SHA-256 to
+        :meth:`digest`, which then hashes the whole vector in one call: a server calls
+        it off its event loop, where hashing runs in parallel with other uploads
+        (hashlib releases the GIL).
     """
 
     def __init__(
-        self, dim: int, dtype: str = "<i8", max_chunk_bytes: int = MAX_CHUNK_BYTES
+        self,
+        dim: int,
+        dtype: str = "<i8",
+        max_chunk_bytes: int = MAX_CHUNK_BYTES,
+        *,
+        hash_chunks: bool = True,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ProtocolError(
@@ -742,18 +752,23 @@ class ChunkAssembler:
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
         self.max_chunk_bytes = _check_chunk_size(max_chunk_bytes)
-        self._buf = bytearray()
-        self._hash = hashlib.sha256()
+        # One allocation of the declared size, filled in place: no regrowth copies.
+        # Its pages are touched only as data arrives (a share-sized block is mapped
+        # lazily), so resident memory still follows the bytes received.
+        self._arr = np.empty(self.dim, dtype=self.dtype)
+        self._bytes = memoryview(self._arr).cast("B")
+        self._n = 0
+        self._hash: Any = hashlib.sha256() if hash_chunks else None
         self._finished = False
 
     @property
     def received(self) -> int:
         """Elements received so far."""
-        return len(self._buf) // 8
+        return self._n // 8
 
     @property
     def complete(self) -> bool:
-        return len(self._buf) == self.dim * 8
+        return self._n == self.dim * 8
 
     def add(self, offset: int, data: bytes) -> None:
         """Validate and append one chunk.
@@ -802,8 +817,10 @@ class ChunkAssembler:
                 f"chunk at offset {offset} with {n // 8} elements runs past the declared "
                 f"dim {self.dim}: send exactly dim elements",
             )
-        self._buf += data
-        self._hash.update(data)
+        self._bytes[self._n : self._n + n] = data
+        self._n += n
+        if self._hash is not None:
+            self._hash.update(data)
 
     def finish(self) -> np.ndarray:
         """The reassembled vector (native int64 or float64), once complete.
@@ -820,15 +837,13 @@ class ChunkAssembler:
                 "whole vector from offset 0 on a new stream",
             )
         self._finished = True
-        # frombuffer over the bytearray is zero-copy; we drop our reference so the
-        # array owns the only one
-        arr = np.frombuffer(self._buf, dtype=self.dtype)
-        self._buf = bytearray()
         native = np.int64 if self.dtype.kind == "i" else np.float64
-        return arr.astype(native, copy=False)
+        return self._arr.astype(native, copy=False)
 
     def digest(self) -> bytes:
         """SHA-256 of all bytes received (of the whole vector after :meth:`finish`)."""
+        if self._hash is None:
+            return hashlib.sha256(self._bytes[: self._n]).digest()
         return self._hash.digest()
 
 

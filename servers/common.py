@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from secagg import transport
+from secagg import metrics, transport
 from secagg.rounds import RoundError
 from secagg.store import StateDirError
 
@@ -187,6 +187,12 @@ def add_common_args(p: argparse.ArgumentParser, default_listen: str) -> None:
     )
     p.add_argument("--log-level", default=env("SECAGG_LOG_LEVEL", "INFO"))
     p.add_argument(
+        "--metrics-listen",
+        default=env("SECAGG_METRICS_LISTEN"),
+        help="host:port of this server's Prometheus /metrics endpoint (HTTPS with its "
+        "certificate when --tls-dir is given); unset: no metrics",
+    )
+    p.add_argument(
         "--state-dir",
         default=env("SECAGG_STATE_DIR"),
         help="directory for the durable round state (SQLite, fsynced before every "
@@ -263,7 +269,9 @@ def mpc_endpoint(settings: CommonSettings, master_addr: str | None = None) -> An
 
 
 def make_server(settings: CommonSettings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=transport.server_options())
+    server = grpc.aio.server(
+        options=transport.server_options(), interceptors=[metrics.rpc_interceptor()]
+    )
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     if settings.tls is not None:

@@ -19,7 +19,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from secagg import mpc, transport
+from secagg import metrics, mpc, transport
 from servers import common
 
 log = logging.getLogger("secagg.dealer")
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         common.setup_logging(settings.log_level)
         common.tune_memory()
         common.disable_core_dumps()  # a core file would hold shares and keys
+        metrics.serve(args.metrics_listen, "dealer", settings.tls)
         # a small threaded gRPC server only for the standard health service
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2), options=transport.server_options()
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     def on_ready() -> None:
         hs.set("", health_pb2.HealthCheckResponse.SERVING)
         ready.set()
+        metrics.mpc_session_built(True)
 
     ep = common.mpc_endpoint(settings)
     log.info('{"event": "dealer_starting"}')
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.warning(
                     json.dumps({"event": "dealer_session_failed", "error": f"{exc}"[:500]})
                 )
+                metrics.mpc_session_broken()
             hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
             ready.clear()
             time.sleep(REJOIN_PAUSE_S)

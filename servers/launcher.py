@@ -44,6 +44,8 @@ class LocalDeployment:
     # "gloo" or "mtls" (the parties' MPC links over mutual TLS; needs tls=True). None:
     # mtls whenever TLS is on, so that no byte between the parties is in the clear
     mpc_transport: str | None = None
+    # serve each party's Prometheus metrics on a port of its own (secagg.metrics)
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.mpc_transport is None:
@@ -67,6 +69,11 @@ class LocalDeployment:
     def control_b(self) -> str:
         """Where server A (Peer) reaches server B."""
         return f"{self.host}:{self.ports['server-b-control']}"
+
+    def metrics_url(self, name: str) -> str:
+        """``/metrics`` of one party (``metrics=True``): HTTPS with TLS on."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.ports['metrics-' + name]}/metrics"
 
     @property
     def pki(self) -> Path:
@@ -102,6 +109,9 @@ class LocalDeployment:
             "mpc-dealer",
         ):
             self.ports[name] = free_port()
+        if self.metrics:
+            for name in ("server-a", "server-b", "dealer"):
+                self.ports["metrics-" + name] = free_port()
 
     # ------------------------------------------------------- `secagg up` re-runs
     @property
@@ -206,6 +216,8 @@ class LocalDeployment:
             ]
         if name == "server-b":
             args += ["--worker-tokens", str(self.workdir / "worker-tokens.json")]
+        if self.metrics:
+            args += ["--metrics-listen", f"{self.host}:{self.ports['metrics-' + name]}"]
         if self.persist and name in ("server-a", "server-b"):
             args += ["--state-dir", str(self.workdir / "state" / name)]
         if self.mpc_transport == "gloo":

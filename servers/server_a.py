@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health
 
-from secagg import encoding, mpc, protocol, rules, sharing, transport
+from secagg import encoding, metrics, mpc, protocol, rules, sharing, transport
 from secagg.dp.accounting import NORM_CHECK_REASON, PrivacyLedger
 from secagg.prg import fresh_key
 from secagg.rounds import (
@@ -182,6 +182,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             receipt = await asyncio.to_thread(
                 rnd.submit, request.worker_id, request.submission_id, bytes(request.seed)
             )
+            metrics.ingest_bytes(len(request.seed))
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
                 proj.add(request.worker_id, bytes(request.seed))
@@ -692,6 +693,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
             out.dp_rho = plan.dp.rho(plan.rule, n, plan.f, plan.m)
             self.dp_spent.add(out.dp_rho)
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
+        metrics.mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
         if compacted:  # A's shares outside self.matrix, which _run_2pc_when_ready wipes
             await asyncio.to_thread(share.fill, 0)
@@ -718,6 +720,7 @@ async def serve(args: argparse.Namespace) -> None:
         common.setup_logging(settings.log_level)
         common.tune_memory()
         common.disable_core_dumps()  # a core file would hold shares and keys
+        metrics.serve(args.metrics_listen, "server-a", settings.tls)
         tokens = transport.TokenStore.load(Path(args.worker_tokens))
         admin_token = (
             Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None

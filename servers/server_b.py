@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health
 
-from secagg import encoding, mpc, protocol, transport
+from secagg import encoding, metrics, mpc, protocol, transport
 from secagg.dp.accounting import NORM_CHECK_REASON
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed, RoundState
 from secagg.store import open_store
@@ -105,7 +105,8 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"dim {header.dim} does not match the round's {rnd.config.dim}",
                         )
-                    assembler = transport.ChunkAssembler(rnd.config.dim)
+                    # hashed once complete, off the event loop (below), not chunk by chunk
+                    assembler = transport.ChunkAssembler(rnd.config.dim, hash_chunks=False)
                 else:
                     transport.check_repeated_header(header, chunk)
                 assert assembler is not None
@@ -115,11 +116,10 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send at least one chunk"
                 )
             share = assembler.finish()
-            # the store fsyncs the share before the receipt goes out: off the event loop;
-            # the assembler hashed the bytes as they arrived (= payload_digest(share))
-            receipt = await asyncio.to_thread(
-                rnd.submit, wid, header.submission_id, share, digest=assembler.digest()
-            )
+            # off the event loop: the SHA-256 of the share (hashlib releases the GIL, so
+            # other uploads go on meanwhile) and the store's fsync before the receipt
+            receipt = await asyncio.to_thread(rnd.submit, wid, header.submission_id, share)
+            metrics.ingest_bytes(share.nbytes)
             proj = self.projectors.get(rnd.round_id)
             if proj is not None:
                 proj.add(wid, share)
@@ -356,6 +356,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 )
                 name = "bulyan_coordinate" if plan.rule == "bulyan" else "reveal"
                 rnd.record_mpc_traffic(self.session.traffic.as_dict())
+                metrics.mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
                 self._end_of_2pc(rnd.round_id)
             else:
@@ -427,6 +428,7 @@ async def serve(args: argparse.Namespace) -> None:
         common.setup_logging(settings.log_level)
         common.tune_memory()
         common.disable_core_dumps()  # a core file would hold shares and keys
+        metrics.serve(args.metrics_listen, "server-b", settings.tls)
         tokens = transport.TokenStore.load(Path(args.worker_tokens))
         server, hs = common.make_server(settings)
         svc = ServerB(settings, tokens)

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health
 
-from secagg import mpc
+from secagg import metrics, mpc
 from secagg.rounds import Round, RoundBook, RoundState
 from secagg.v1 import secagg_pb2 as pb
 from secagg.v1 import secagg_pb2_grpc as pbg
@@ -185,6 +185,7 @@ class SessionKeeper:
             self.broken = reason
             self.last_error = reason
             _event("mpc_session_broken", epoch=self.epoch, reason=reason)
+            metrics.mpc_session_broken()
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until a healthy session exists; False after ``timeout_s``."""
@@ -297,12 +298,14 @@ class SessionKeeper:
             except Exception as exc:  # MpcError, or whatever the transport raised
                 self.last_error = f"building session {epoch} failed: {type(exc).__name__}: {exc}"
                 _event("mpc_join_failed", epoch=epoch, error=self.last_error)
+                metrics.mpc_session_built(False)
                 return False
             h.session = session
             self.epoch = epoch
             self.broken = None
             self.builds += 1
         _event("mpc_ready", epoch=epoch, rank=mpc.RANK_A, builds=self.builds)
+        metrics.mpc_session_built(True)
         await _set_health(h, True)
         self._ready.set()
         await self.sync_failures()
@@ -477,11 +480,13 @@ class SessionMember:
             if self.target == epoch:
                 self.state, self.detail = FAILED, f"{type(exc).__name__}: {exc}"
             _event("mpc_join_failed", epoch=epoch, error=f"{type(exc).__name__}: {exc}")
+            metrics.mpc_session_built(False)
             return
         if self.target != epoch:
             return  # A moved on meanwhile; its later leave/join closes this session
         self.epoch, self.state, self.detail = epoch, JOINED, ""
         _event("mpc_ready", epoch=epoch, rank=mpc.RANK_B)
+        metrics.mpc_session_built(True)
         await _set_health(self.host, True)
         self._joined.set()
 

@@ -547,7 +547,8 @@ def check_mpc_over_mtls(svcs: dict[str, Native]) -> None:
         listening = {lp for lp, _, st in socks if st == TCP_LISTEN}
         grpc_ports = {
             int(svcs[p].env[k].rpartition(":")[2])
-            for k in ("SECAGG_LISTEN", "SECAGG_CONTROL_LISTEN")
+            # gRPC ports, and the metrics endpoint (secagg.metrics)
+            for k in ("SECAGG_LISTEN", "SECAGG_CONTROL_LISTEN", "SECAGG_METRICS_LISTEN")
             if svcs[p].env.get(k)
         }
         assert listening <= grpc_ports, f"{p} listens on {listening - grpc_ports} too"

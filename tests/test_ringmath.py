@@ -112,3 +112,12 @@ def test_projection_table_equals_the_bitwise_definition(k: int, widths: list[int
     fast, slow = AesCtrStream(key), AesCtrStream(key)
     for w in widths:
         assert np.array_equal(projection_block(fast, k, w), _projection_block_bitwise(slow, k, w))
+
+
+def test_a_kernel_built_before_loads_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the image compiles the kernel, then removes the compiler in the same layer
+    if ringmath._compiler() is None:
+        pytest.skip("no C compiler here to build the kernel first")
+    built = ringmath.build()
+    monkeypatch.setattr(ringmath, "_compiler", lambda: None)
+    assert ringmath.build() == built

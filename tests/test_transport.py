@@ -397,3 +397,15 @@ def test_aggregate_stream_round_trip_and_corruption() -> None:
     msgs[1].data = bytes(len(msgs[1].data))
     _assert_refused(SC.DATA_LOSS, read_aggregate_stream, msgs)
     _assert_refused(SC.INVALID_ARGUMENT, read_aggregate_stream, msgs[1:])
+
+
+def test_assembler_hashing_at_the_end_gives_the_same_digest() -> None:
+    # server B hashes a finished share off its event loop instead of chunk by chunk
+    x = np.random.default_rng(5).integers(-(2**63), 2**63 - 1, 300_001, dtype=np.int64)
+    asm = ChunkAssembler(x.shape[0], hash_chunks=False)
+    for off, data in iter_chunks(x):
+        asm.add(off, data)
+    assert asm.digest() == payload_digest(x[: asm.received])  # also before finish
+    out = asm.finish()
+    np.testing.assert_array_equal(out, x)
+    assert asm.digest() == payload_digest(x)
