@@ -1049,7 +1049,9 @@ class MpcSession:
         """Bulyan's coordinate-wise stage in 2PC; reveals only the β-window sum.
 
         For the θ selected rows, per coordinate: an odd-even merge sorting network
-        (each compare-exchange is one secure comparison plus one bit×value product),
+        pruned to the sorted positions the window stage reads (a selection network;
+        each compare-exchange is one :mod:`secagg.compare` comparison fused with its
+        bit×value product, a whole layer in one batched call),
         the median at sorted position ``(θ-1)//2`` (the lower middle for even θ), and
         among the windows of β = θ-2f consecutive sorted values containing the median
         the one with the least ``Σ|x - median|`` (linear in the sorted values, so only
