@@ -69,8 +69,6 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         reader_token = _secret_file(secrets_dir / READER, dep.tokens[READER])
         record = work / "record"
         record.mkdir()
-        admin = dep.tls_for("admin")
-        assert admin is not None
         run_config = {
             "num-server-rounds": ROUNDS,
             "num-nodes": N,
@@ -78,9 +76,7 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "secagg-server-a": dep.addr_a,
             "secagg-server-b": dep.addr_b,
             "secagg-admin": dep.control_a,
-            "secagg-ca-cert": str(dep.pki / "ca.pem"),
-            "secagg-admin-cert": str(admin.cert),
-            "secagg-admin-key": str(admin.key),
+            "secagg-pki-dir": str(dep.pki),  # ca.pem, admin.pem, admin.key
             "secagg-reader-token-file": str(reader_token),
             "secagg-rule": RULE,
             "secagg-f": F,

@@ -14,6 +14,8 @@ Run config keys (all optional except the addresses):
 ``secagg-server-a``         server A's worker endpoint ``host:port``
 ``secagg-server-b``         server B's worker endpoint ``host:port``
 ``secagg-admin``            server A's admin endpoint (ServerApp only)
+``secagg-pki-dir``          a directory laid out like ``secagg certs`` writes it:
+                            ``ca.pem``, and for the ServerApp ``admin.pem``/``admin.key``
 ``secagg-ca-cert``          CA certificate (PEM) the servers' certificates chain to
 ``secagg-admin-cert/-key``  the ServerApp's admin certificate and key (mutual TLS)
 ``secagg-insecure``         ``true`` for plaintext gRPC (local experiments only)
@@ -156,12 +158,21 @@ def _secret(config: Config, file_key: str, env_file: str, env_value: str, what: 
     return token
 
 
+def _in_pki(config: Config, key: str, name: str) -> Path | None:
+    """``key``'s path, else ``name`` inside ``secagg-pki-dir`` (if set)."""
+    explicit = _path(config, key)
+    if explicit is not None:
+        return explicit
+    pki = _path(config, "secagg-pki-dir")
+    return pki / name if pki is not None else None
+
+
 def _tls(config: Config) -> tuple[Path | None, bool]:
-    ca = _path(config, "secagg-ca-cert")
+    ca = _in_pki(config, "secagg-ca-cert", "ca.pem")
     insecure = _bool(config, "secagg-insecure", False)
     if ca is None and not insecure:
         raise ConfigError(
-            "set 'secagg-ca-cert' to the CA certificate of the secagg servers (or "
+            "set 'secagg-pki-dir' (or 'secagg-ca-cert') to the secagg servers' CA (or "
             "'secagg-insecure' = true for a plaintext local experiment)"
         )
     return (None if insecure else ca), insecure
@@ -281,11 +292,13 @@ class ServerSettings:
         m = _num(cfg, "secagg-m", 0, integer=True)
         if f < 0 or m < 0:
             raise ConfigError("'secagg-f' and 'secagg-m' must be >= 0")
-        admin_cert, admin_key = _path(cfg, "secagg-admin-cert"), _path(cfg, "secagg-admin-key")
+        admin_cert = _in_pki(cfg, "secagg-admin-cert", "admin.pem")
+        admin_key = _in_pki(cfg, "secagg-admin-key", "admin.key")
         if not insecure and (admin_cert is None or admin_key is None):
             raise ConfigError(
-                "set 'secagg-admin-cert' and 'secagg-admin-key' (the operator's certificate "
-                "and key, CN 'admin', which server A's admin port requires)"
+                "set 'secagg-pki-dir' (or 'secagg-admin-cert' and 'secagg-admin-key'): the "
+                "operator's certificate and key, CN 'admin', which server A's admin port "
+                "requires"
             )
         clip_norm = _num(cfg, "secagg-clip-norm", DEFAULT_CLIP_NORM)
         encoding_params(clip_norm)  # fail now, not at the first round
