@@ -83,12 +83,9 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "secagg-clip-norm": CLIP,
         }
         with LocalFlower(work / "flower", nodes) as fl:
-            proc = fl.run(APP, run_config, timeout_s=600)
-            logs = proc.stdout + proc.stderr
-            assert (record / "outcomes.json").exists(), (
-                f"the ServerApp did not finish (flwr run exit {proc.returncode}):\n"
-                + logs[-4000:]
-                + fl.log_text("superlink")[-3000:]
+            run = fl.run(APP, run_config, timeout_s=600)
+            assert run.completed and (record / "outcomes.json").exists(), (
+                f"the ServerApp did not finish ({run.status}):\n{run.logs[-4000:]}"
             )
         return record
     finally:

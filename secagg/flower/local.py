@@ -12,6 +12,7 @@ the app's dependencies are those of the current environment.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,16 +20,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secagg.cluster import free_port
 
-__all__ = ["FlowerError", "LocalFlower", "toml_value"]
+__all__ = ["FlowerError", "FlowerRun", "LocalFlower", "toml_value"]
 
 
 class FlowerError(RuntimeError):
     """A Flower process failed; the message points at its log."""
+
+
+@dataclass(frozen=True)
+class FlowerRun:
+    """One finished ``flwr run``."""
+
+    run_id: int
+    status: str  # "finished:completed", "finished:failed", "finished:stopped"
+    logs: str  # the ServerApp's log
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
 
 
 def toml_value(value: Any) -> str:
@@ -192,27 +207,73 @@ class LocalFlower:
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
 
-    def run(
-        self, app_dir: str | os.PathLike[str], run_config: Mapping[str, Any], timeout_s: float
-    ) -> subprocess.CompletedProcess[str]:
-        """``flwr run app_dir --stream`` with ``run_config`` overrides; waits until done.
-
-        Returns
-        -------
-        subprocess.CompletedProcess
-            With the streamed logs of the ServerApp in ``stdout``.
-        """
-        overrides = self.workdir / f"run-config-{time.time_ns()}.toml"
-        overrides.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
-        return subprocess.run(
-            [self.bin["flwr"], "run", str(app_dir), "local-loopback", "--stream"]
-            + ["--run-config", str(overrides)],
+    def _cli(self, args: list[str], timeout_s: float, cwd: Path | None = None) -> str:
+        proc = subprocess.run(
+            [self.bin["flwr"], *args],
             env=self.env(self.workdir / "flwr-home" / "cli"),
-            cwd=str(app_dir),
+            cwd=str(cwd or self.workdir),
             capture_output=True,
             text=True,
             timeout=timeout_s,
         )
+        if proc.returncode != 0:
+            raise FlowerError(
+                f"flwr {args[0]} failed with exit code {proc.returncode}: "
+                f"{(proc.stdout + proc.stderr)[-2000:]}"
+            )
+        return proc.stdout
+
+    @staticmethod
+    def _json(text: str) -> dict[str, Any]:
+        # the CLI may print notices before its JSON document
+        return dict(json.loads(text[text.index("{") :]))
+
+    def run(
+        self, app_dir: str | os.PathLike[str], run_config: Mapping[str, Any], timeout_s: float
+    ) -> FlowerRun:
+        """``flwr run app_dir`` with ``run_config`` overrides; waits until the run ends.
+
+        ``flwr run --stream`` can return early when its log stream breaks (seen on a
+        loaded machine), so the run's end is read from the SuperLink (``flwr ls``).
+
+        Returns
+        -------
+        FlowerRun
+            The run id, its final status (``finished:completed`` when the ServerApp
+            returned) and the ServerApp's logs.
+
+        Raises
+        ------
+        FlowerError
+            If the run cannot be submitted or does not end within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        overrides = self.workdir / f"run-config-{time.time_ns()}.toml"
+        overrides.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
+        out = self._cli(
+            ["run", str(app_dir), "local-loopback", "--run-config", str(overrides)]
+            + ["--format", "json"],
+            timeout_s,
+            cwd=Path(app_dir),
+        )
+        run_id = self._json(out).get("run-id")
+        if not run_id:
+            raise FlowerError(f"flwr run did not start a run: {out[-2000:]}")
+        status = ""
+        while not status.startswith("finished"):
+            if time.monotonic() > deadline:
+                raise FlowerError(
+                    f"run {run_id} still {status or 'pending'} after {timeout_s:.0f} s; see "
+                    f"{self.workdir / 'logs'}"
+                )
+            time.sleep(2.0)
+            listing = self._cli(
+                ["ls", "local-loopback", "--run-id", str(run_id), "--format", "json"], 120
+            )
+            runs = self._json(listing).get("runs", [])
+            status = str(runs[0].get("status", "")) if runs else ""
+        logs = self._cli(["log", str(run_id), "local-loopback", "--show"], 120)
+        return FlowerRun(int(run_id), status, logs)
 
     def stop(self) -> None:
         """Terminate every Flower process this object started, their SuperExecs too."""
