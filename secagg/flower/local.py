@@ -267,9 +267,13 @@ class LocalFlower:
                     f"{self.workdir / 'logs'}"
                 )
             time.sleep(2.0)
-            listing = self._cli(
-                ["ls", "local-loopback", "--run-id", str(run_id), "--format", "json"], 120
-            )
+            try:
+                listing = self._cli(
+                    ["ls", "local-loopback", "--run-id", str(run_id), "--format", "json"],
+                    max(1.0, min(120.0, deadline - time.monotonic())),
+                )
+            except subprocess.TimeoutExpired:
+                continue  # a loaded machine, not the run's end: ask again until the deadline
             runs = self._json(listing).get("runs", [])
             status = str(runs[0].get("status", "")) if runs else ""
         logs = self._cli(["log", str(run_id), "local-loopback", "--show"], 120)
