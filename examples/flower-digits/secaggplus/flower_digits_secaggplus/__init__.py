@@ -1,0 +1,1 @@
+"""Flower's SecAgg+ with Krum on the same task: shows Krum silently becoming FedAvg."""

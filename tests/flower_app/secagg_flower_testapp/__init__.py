@@ -1,0 +1,1 @@
+"""Flower test app for tests/test_flower.py."""
