@@ -25,6 +25,7 @@ __all__ = [
     "check_int",
     "check_int_headroom",
     "check_majority",
+    "check_positive",
     "check_vectors",
 ]
 
@@ -89,3 +90,13 @@ def check_int_headroom(arr: np.ndarray, factor: int, fn: str) -> None:
             f"{fn} needs {factor} * max(|x|, max-min) <= 2^63-1 for exact int64 sums: "
             "use a smaller fixed-point scale or clip the inputs"
         )
+
+
+def check_positive(value: object, name: str, fn: str) -> float:
+    """``value`` as a float, raising unless it is a real, finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise RuleError(f"{fn} needs a real {name}, got {type(value).__name__}")
+    v = float(value)
+    if not (np.isfinite(v) and v > 0):
+        raise RuleError(f"{fn} needs {name} > 0 and finite, got {name}={v}")
+    return v

@@ -28,6 +28,7 @@ from secagg.robust._common import (
     check_f,
     check_int,
     check_majority,
+    check_positive,
     check_vectors,
 )
 
@@ -67,15 +68,6 @@ def distances_to_combination(D: np.ndarray, c: np.ndarray) -> np.ndarray:
     """
     Dc = D @ c
     return np.sqrt(np.maximum(Dc - 0.5 * float(c @ Dc), 0.0))
-
-
-def _check_positive(value: object, name: str, fn: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise RuleError(f"{fn} needs a real {name}, got {type(value).__name__}")
-    v = float(value)
-    if not (np.isfinite(v) and v > 0):
-        raise RuleError(f"{fn} needs {name} > 0 and finite, got {name}={v}")
-    return v
 
 
 def geometric_median_weights(
@@ -132,8 +124,8 @@ def geometric_median_weights(
     arr = check_distances(D, fn).astype(np.float64)
     n = arr.shape[0]
     check_majority(n, check_f(f, fn), fn)
-    nu_f = _check_positive(nu, "nu", fn)
-    tol_f = _check_positive(tol, "tol", fn)
+    nu_f = check_positive(nu, "nu", fn)
+    tol_f = check_positive(tol, "tol", fn)
     iters = check_int(max_iter, "max_iter", fn)
     if iters < 1:
         raise RuleError(f"{fn} needs max_iter >= 1, got max_iter={iters}")
