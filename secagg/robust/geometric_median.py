@@ -83,9 +83,10 @@ def geometric_median_weights(
     Start: ``c = 1/n`` (the mean). Step: with ``r_i = ||x_i - z||`` from
     :func:`distances_to_combination` and ``β_i = max(ν, r_i)``,
     ``c' = (1/β) / sum_j (1/β_j)``, i.e. ``z' = sum_i x_i / β_i / sum_j 1/β_j``.
-    Stop when the step is small relative to the data's scale:
-    ``||z' - z|| <= tol * (1/n) sum_i r_i'`` (the mean distance to z'), or after
-    ``max_iter`` steps.
+    Stop when the step is small relative to a robust scale of the data,
+    ``||z' - z|| <= tol * max(ν, median_i r_i')`` (the lower median of the distances to
+    z', which f < n/2 outliers cannot inflate, unlike their mean), or after ``max_iter``
+    steps.
 
     Smoothing ν: distances below ν count as ν, which keeps weights finite when z meets
     an input (Weiszfeld divides by ``||x_i - z||``) and makes the iteration minimise the
@@ -138,7 +139,7 @@ def geometric_median_weights(
         step = float(np.sqrt(max(-0.5 * float(w @ arr @ w), 0.0)))
         c = c_new
         r = distances_to_combination(arr, c)
-        if step <= tol_f * float(r.mean()):
+        if step <= tol_f * max(nu_f, float(np.sort(r)[(n - 1) // 2])):
             return WeiszfeldResult(c, it, True)
     return WeiszfeldResult(c, iters, False)
 
