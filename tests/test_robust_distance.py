@@ -295,3 +295,7 @@ def test_nnm_bound() -> None:
         nnm_matrix(np.zeros((4, 4)), 2)
     with pytest.raises(RuleError, match="integer D"):
         mixed_distances_int(np.zeros((3, 3)), 1)
+    with pytest.raises(RuleError, match="sum to 1"):
+        mixed_distances(np.zeros((3, 3)), np.eye(3) * 0.5)
+    with pytest.raises(RuleError, match=r"shape \(n, n\) = \(3, 3\)"):
+        mixed_distances(np.zeros((3, 3)), np.eye(2))

@@ -32,7 +32,14 @@ from secagg.robust.geometric_median import (
     geometric_median,
     geometric_median_weights,
 )
-from secagg.robust.mda import MDA_MAX_SUBSETS, mda, mda_encoded, mda_select
+from secagg.robust.mda import (
+    MDA_MAX_SUBSETS,
+    brute,
+    brute_select,
+    mda,
+    mda_encoded,
+    mda_select,
+)
 from secagg.robust.meamed import meamed, meamed_encoded
 from secagg.robust.median import median, median_encoded
 from secagg.robust.nnm import (
@@ -45,9 +52,6 @@ from secagg.robust.nnm import (
     nnm_neighbours,
 )
 from secagg.robust.trimmed_mean import trimmed_mean, trimmed_mean_encoded
-
-brute = mda
-brute_select = mda_select
 
 __all__ = [
     "MDA_MAX_SUBSETS",

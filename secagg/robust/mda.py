@@ -28,7 +28,7 @@ from secagg.robust._common import (
     check_vectors,
 )
 
-__all__ = ["MDA_MAX_SUBSETS", "mda", "mda_encoded", "mda_select"]
+__all__ = ["MDA_MAX_SUBSETS", "brute", "brute_select", "mda", "mda_encoded", "mda_select"]
 
 MDA_MAX_SUBSETS: Final[int] = 1_000_000
 """Default limit on C(n, f), the number of candidate subsets examined exhaustively
@@ -113,3 +113,8 @@ def mda_encoded(Xint: np.ndarray, f: int, *, max_subsets: int = MDA_MAX_SUBSETS)
     sel = mda_select(sq_distances_int(arr), f, max_subsets=max_subsets)
     check_int_headroom(arr[sel], len(sel), fn)
     return EncodedSum(arr[sel].sum(axis=0), len(sel))
+
+
+# the seeds' name for the rule (payberah-2020-robust-learning-slides.txt, "Brute")
+brute = mda
+brute_select = mda_select

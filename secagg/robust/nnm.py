@@ -100,9 +100,20 @@ def mixed_distances(D: np.ndarray, A: np.ndarray) -> np.ndarray:
     ``D_Y = M - 1/2 diag(M) 1^T - 1/2 1 diag(M)^T`` with ``M = A D A^T``, valid for any A
     whose rows sum to 1. The result is mirrored from its upper triangle and its diagonal
     zeroed, so it is exactly symmetric as :mod:`secagg.rules` requires.
+
+    Raises
+    ------
+    RuleError
+        If D is malformed, A is not n×n or a row of A does not sum to 1.
     """
-    Dm = np.asarray(D, dtype=np.float64)
+    fn = "nnm"
+    Dm = check_distances(D, fn).astype(np.float64)
     Am = np.asarray(A, dtype=np.float64)
+    n = Dm.shape[0]
+    if Am.shape != (n, n):
+        raise RuleError(f"{fn} needs a mixing matrix of shape (n, n) = ({n}, {n}), got {Am.shape}")
+    if not np.allclose(Am.sum(axis=1), 1.0, rtol=0.0, atol=1e-12):
+        raise RuleError(f"{fn} needs mixing-matrix rows that sum to 1 (affine combinations)")
     out = _mixed_from_quadratic(Am @ Dm @ Am.T)
     out = np.triu(out, 1)
     return np.maximum(out + out.T, 0.0)
