@@ -169,6 +169,9 @@ def test_mda_equals_definition_ties_lexicographic(seed: int, n: int, spread: int
 
 def test_mda_all_equal_takes_first_subset() -> None:
     assert mda_select(np.zeros((7, 7), dtype=np.int64), 3) == [0, 1, 2, 3]
+    # C(16, 5) = 4368 subsets span more than one chunk of candidates: the tie still goes
+    # to the first subset, not to the first of a later chunk
+    assert mda_select(np.zeros((16, 16)), 5) == list(range(11))
 
 
 def test_mda_permutation_equivariant_and_outliers_excluded() -> None:
