@@ -276,6 +276,17 @@ def test_nnm_mixed_gram_and_distances_from_D(seed: int, n: int, d: int) -> None:
     np.testing.assert_allclose(total / k, nnm(X.astype(np.float64), f), atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_nnm_permutation_equivariant(seed: int) -> None:
+    rng = _rng(seed)
+    X = rng.normal(size=(9, 3))
+    perm = rng.permutation(9)
+    D = sq_distances(X)
+    A = nnm_matrix(D, 3)
+    np.testing.assert_array_equal(nnm_matrix(D[np.ix_(perm, perm)], 3), A[np.ix_(perm, perm)])
+    np.testing.assert_allclose(nnm(X[perm], 3), nnm(X, 3)[perm], atol=1e-12)
+
+
 def test_nnm_ties_to_lower_index_and_self_first() -> None:
     # 0 and 1 coincide; 2 and 3 are equally far from 0 and 1
     X = np.array([[0.0], [0.0], [1.0], [-1.0], [5.0]])
