@@ -39,8 +39,8 @@ def median(X: np.ndarray, f: int = 0) -> np.ndarray:
     """Coordinate-wise median of the rows of X, the lower middle value for even n.
 
     ``out[k] = sort(X[:, k])[(n - 1) // 2]``, i.e. a minimiser of
-    ``sum_i |X[i, k] - x|`` (seed: marginal median, ``payberah-2020-robust-learning-
-    slides.txt``), requiring ``n >= 2f + 1``.
+    ``sum_i |X[i, k] - x|`` (seed: the marginal median of
+    ``payberah-2020-robust-learning-slides.txt``), requiring ``n >= 2f + 1``.
 
     Parameters
     ----------
