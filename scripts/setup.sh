@@ -23,6 +23,8 @@ echo "[setup] installing pinned dependencies (torch CPU, CrypTen, gRPC); first r
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements/dev.txt
 .venv/bin/python -m pip install --quiet --no-deps crypten==0.4.1
+# without its training framework's torchvision/seaborn/pandas (requirements/oracle.txt)
+.venv/bin/python -m pip install --quiet --no-deps -r requirements/oracle.txt
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null \
   || .venv/bin/python -m pip install --quiet --no-deps -e .
 build_kernel
