@@ -20,6 +20,7 @@ import numpy as np
 
 from secagg import rules
 from secagg.dp.mechanism import RoundDp, server_noise
+from secagg.dp.sampler import Csprng
 from secagg.mpc import RANK_A, MpcSession
 from secagg.prg import fresh_key
 
@@ -88,13 +89,25 @@ def choose(plan: RoundPlan, distances: np.ndarray | None, n: int) -> list[int]:
 
 
 def reveal(
-    session: MpcSession, share: np.ndarray, plan: RoundPlan, selected: list[int]
+    session: MpcSession,
+    share: np.ndarray,
+    plan: RoundPlan,
+    selected: list[int],
+    noise_key: bytes | None = None,
 ) -> np.ndarray:
-    """The masked reveal: only the (window) sum of the selected vectors is opened."""
+    """The masked reveal: only the (window) sum of the selected vectors is opened.
+
+    ``noise_key`` (DP rounds): this server's secret per-round key for its noise, so that
+    a reveal run again after a failure adds the same noise (see :class:`Csprng`); None
+    draws fresh noise.
+    """
     # DP: this server's own discrete Gaussian, added to its share before the opening
     # (sigma2 = 0: this server adds none, which only the tests' control does)
     dp = plan.dp
-    noise = None if dp is None or not dp.sigma2 else server_noise(dp.sigma2, int(share.shape[1]))
+    noise = None
+    if dp is not None and dp.sigma2:
+        rng = None if noise_key is None else Csprng(noise_key)
+        noise = server_noise(dp.sigma2, int(share.shape[1]), rng)
     if plan.rule == "bulyan":
         return session.bulyan_window_sum(share, selected, plan.f, noise=noise)
     return session.reveal_sum(share, selected, noise=noise)

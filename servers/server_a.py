@@ -99,6 +99,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         self.store = open_store(settings.state_dir, "server-a")
         self.book = RoundBook(workers=tokens.worker_ids, server="server-a", store=self.store)
         self.outcomes: dict[str, Outcome] = {}
+        self.noise_keys: dict[str, bytes] = {}  # DP: this server's per-round noise key
         self.dp_spent = PrivacyLedger()  # ρ over this process's DP rounds (secagg.dp)
         self.peer_target = peer
         self.admin_token = admin_token
@@ -684,8 +685,20 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         out.selected_idx = selected
         rnd.start_reveal([participants[i] for i in selected])
         phase = PHASE_OF_RULE.get(cfg.rule, pb.PHASE_REVEAL)
+        # one noise key per round (DP): a reveal run again after a failure adds the same
+        # noise instead of opening a second, independently noised sum
+        key = self.noise_keys.setdefault(rnd.round_id, fresh_key())
         _, total = await self._phase(
-            rnd, phase, participants, selected, protocol.reveal, self.session, share, plan, selected
+            rnd,
+            phase,
+            participants,
+            selected,
+            protocol.reveal,
+            self.session,
+            share,
+            plan,
+            selected,
+            key,
         )
         out.divisor = plan.divisor(n, selected)
         out.aggregate = encoding.decode(total, cfg.encoding_params(), out.divisor)
@@ -695,6 +708,7 @@ class ServerA(pbg.WorkerServicer, pbg.AdminServicer):
         rnd.record_mpc_traffic(self.session.traffic.as_dict())
         metrics.mpc_traffic(self.session.traffic.as_dict())
         rnd.finish()
+        self.noise_keys.pop(rnd.round_id, None)
         if compacted:  # A's shares outside self.matrix, which _run_2pc_when_ready wipes
             await asyncio.to_thread(share.fill, 0)
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health
 
 from secagg import encoding, metrics, mpc, protocol, transport
 from secagg.dp.accounting import NORM_CHECK_REASON
+from secagg.prg import fresh_key
 from secagg.rounds import Round, RoundBook, RoundConfig, RoundError, RoundFailed, RoundState
 from secagg.store import open_store
 from secagg.v1 import secagg_pb2 as pb
@@ -38,6 +39,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
         self.store = open_store(settings.state_dir, "server-b")
         self.book = RoundBook(workers=tokens.worker_ids, server="server-b", store=self.store)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc")
+        self.noise_keys: dict[str, bytes] = {}  # DP: this server's per-round noise key
         self.session: mpc.MpcSession | None = None
         self.aggregates: dict[str, np.ndarray] = {}
         self.health: health.aio.HealthServicer | None = None  # serve() sets it
@@ -350,7 +352,12 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 if plan.rule == "mean" and cfg.skip_validation:
                     self.session.reset_traffic()
                 rnd.start_reveal([participants[i] for i in selected])
-                total = await self._mpc(protocol.reveal, self.session, share, plan, selected)
+                # one noise key per round (DP): a reveal run again after a failure adds
+                # the same noise instead of opening a second, independently noised sum
+                key = self.noise_keys.setdefault(rnd.round_id, fresh_key())
+                total = await self._mpc(
+                    protocol.reveal, self.session, share, plan, selected, key
+                )
                 self.aggregates[rnd.round_id] = encoding.decode(
                     total, cfg.encoding_params(), plan.divisor(n, selected)
                 )
@@ -358,6 +365,7 @@ class ServerB(pbg.WorkerServicer, pbg.PeerServicer):
                 rnd.record_mpc_traffic(self.session.traffic.as_dict())
                 metrics.mpc_traffic(self.session.traffic.as_dict())
                 rnd.finish()
+                self.noise_keys.pop(rnd.round_id, None)
                 self._end_of_2pc(rnd.round_id)
             else:
                 raise transport.ProtocolError(

@@ -154,8 +154,8 @@ def _round_keeping_noise(session, share, plan):  # noqa: ANN001, ANN202 - runs i
     drawn: list[np.ndarray] = []
     original = protocol.server_noise
 
-    def keep(sigma2: int, dim: int) -> np.ndarray:
-        drawn.append(original(sigma2, dim))
+    def keep(sigma2: int, dim: int, rng=None) -> np.ndarray:  # noqa: ANN001
+        drawn.append(original(sigma2, dim, rng))
         return drawn[-1]
 
     protocol.server_noise = keep
@@ -189,3 +189,40 @@ def test_opened_sum_is_the_sum_plus_both_noises_exactly(cluster, rule):
     var = sampler.variance(plan.dp.sigma2)
     assert abs(residual.var() / var - 1) < 5 * math.sqrt(2 / d)
     assert abs(np.corrcoef(y_a, y_b)[0, 1]) < 5 / math.sqrt(d)
+
+
+def _reveal_twice(session, share, plan, selected, key):  # noqa: ANN001, ANN202 - in a party
+    """The same reveal run twice, as after a failure: with this server's per-round key
+    each time (module-level: picklable)."""
+    from secagg import protocol
+
+    return [protocol.reveal(session, share, plan, selected, key) for _ in range(2)]
+
+
+def test_a_rerun_reveal_opens_the_same_noisy_sum(cluster):
+    """A reveal run again after a failure must not open a second, independently noised
+    sum (which would spend ρ twice): with each server's per-round noise key the two
+    openings are identical; with fresh keys (the control) they differ."""
+    rng = np.random.default_rng(31)
+    n, d = 6, 4096
+    X = rng.normal(size=(n, d))
+    X *= 0.8 / np.linalg.norm(X, axis=1, keepdims=True)
+    Xenc = np.stack([encoding.encode(x, PARAMS) for x in X])
+    plan = dp_plan("mean", 0, d, sigma=0.25)
+    share_a, share_b = shares(Xenc)
+    sel = list(range(n))
+    from secagg.prg import fresh_key
+
+    key_a, key_b = fresh_key(), fresh_key()
+    (a1, a2), (b1, b2) = cluster.run(
+        _reveal_twice, (share_a, plan, sel, key_a), (share_b, plan, sel, key_b)
+    )
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(a1, b1)
+    np.testing.assert_array_equal(b1, b2)
+    assert np.any(a1 != Xenc.sum(axis=0))  # noised
+    # control: without keys each opening draws fresh noise
+    (c1, c2), _ = cluster.run(
+        _reveal_twice, (share_a, plan, sel, None), (share_b, plan, sel, None)
+    )
+    assert np.any(c1 != c2)

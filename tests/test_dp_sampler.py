@@ -153,3 +153,16 @@ def test_floats_are_refused_and_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="positive"):
         discrete_gaussian(0, 10)
     assert discrete_gaussian("2.25", 0).shape == (0,)
+
+
+def test_a_keyed_generator_repeats_and_keys_differ():
+    """A server's per-round key gives the same noise each time (a rerun opens the same
+    sum); another key, or no key (os.urandom), gives other noise."""
+    from secagg.prg import fresh_key
+
+    k = fresh_key()
+    a = sampler.discrete_gaussian(1000, 5000, sampler.Csprng(k))
+    b = sampler.discrete_gaussian(1000, 5000, sampler.Csprng(k))
+    np.testing.assert_array_equal(a, b)
+    assert np.any(a != sampler.discrete_gaussian(1000, 5000, sampler.Csprng(fresh_key())))
+    assert np.any(a != sampler.discrete_gaussian(1000, 5000))

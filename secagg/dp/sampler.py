@@ -34,6 +34,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from secagg.prg import AesCtrStream
+
 _U64 = np.uint64
 _WORDS = 1 << 16  # uint64 words read from the OS per refill (512 KiB)
 _MAX_WORD_BOUND = 1 << 62  # uniform_below's bound must stay below this (see there)
@@ -42,17 +44,32 @@ _SMALL_DEN = 1 << 56
 
 
 class Csprng:
-    """Uniform 64-bit words from ``os.urandom``, buffered.
+    """Uniform 64-bit words from ``os.urandom``, buffered, or from a secret key.
 
-    Only the operating system's CSPRNG is used (the same source as :mod:`secrets`).
-    A server's noise must be unpredictable to the other server and to every worker:
-    a seeded or Mersenne-Twister generator would let anyone who learns its state
-    subtract the noise.
+    Only the operating system's CSPRNG is used (the same source as :mod:`secrets`),
+    directly or through a 256-bit key it drew. A server's noise must be unpredictable
+    to the other server and to every worker: a seeded or Mersenne-Twister generator
+    would let anyone who learns its state subtract the noise.
+
+    Parameters
+    ----------
+    key
+        None: words straight from ``os.urandom``. A 32-byte key (from
+        :func:`secagg.prg.fresh_key`, kept by one server only): the AES-256-CTR
+        keystream of that key, so that the same key gives the same words. A server
+        uses one key per round so that a reveal run again after a failure opens the
+        *same* noisy sum rather than a second, independently noised one, which would
+        spend the privacy budget twice.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key: bytes | None = None) -> None:
         self._buf = np.empty(0, dtype=_U64)
         self._pos = 0
+        self._stream = None if key is None else AesCtrStream(key)
+
+    def _draw(self, n: int) -> np.ndarray:
+        raw = os.urandom(8 * n) if self._stream is None else self._stream.read_bytes(8 * n)
+        return np.frombuffer(raw, dtype=_U64)
 
     def words(self, count: int) -> np.ndarray:
         """``count`` independent uniform uint64 values (a fresh array)."""
@@ -63,7 +80,7 @@ class Csprng:
         while filled < count:
             if self._pos >= self._buf.size:
                 n = max(_WORDS, count - filled)
-                self._buf = np.frombuffer(os.urandom(8 * n), dtype=_U64)
+                self._buf = self._draw(n)
                 self._pos = 0
             take = min(count - filled, self._buf.size - self._pos)
             out[filled : filled + take] = self._buf[self._pos : self._pos + take]
