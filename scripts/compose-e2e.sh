@@ -42,6 +42,10 @@ export SECAGG_DEMO_RULE=${SECAGG_DEMO_RULE:-multi-krum} SECAGG_MPC_TIMEOUT_S=${S
 export SECAGG_PUBLISH_ADDR=127.0.0.1 SECAGG_PUBLIC_A_PORT=${SECAGG_PUBLIC_A_PORT:-55051}
 export SECAGG_PUBLIC_B_PORT=${SECAGG_PUBLIC_B_PORT:-55052} SECAGG_PUBLIC_ADMIN_PORT=${SECAGG_PUBLIC_ADMIN_PORT:-55061}
 
+# compose v1 gives up on the engine after 60 s; removing a container on vfs under load
+# can take longer (seen: "An HTTP request took too long to complete")
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600} DOCKER_CLIENT_TIMEOUT=${DOCKER_CLIENT_TIMEOUT:-600}
+
 declare -a STEPS=()
 T_ALL=$(date +%s.%N)
 T_STEP=$T_ALL
