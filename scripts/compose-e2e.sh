@@ -42,6 +42,10 @@ export SECAGG_DEMO_RULE=${SECAGG_DEMO_RULE:-multi-krum} SECAGG_MPC_TIMEOUT_S=${S
 export SECAGG_PUBLISH_ADDR=127.0.0.1 SECAGG_PUBLIC_A_PORT=${SECAGG_PUBLIC_A_PORT:-55051}
 export SECAGG_PUBLIC_B_PORT=${SECAGG_PUBLIC_B_PORT:-55052} SECAGG_PUBLIC_ADMIN_PORT=${SECAGG_PUBLIC_ADMIN_PORT:-55061}
 
+# compose v1 gives up on the engine after 60 s; removing a container on vfs under load
+# can take longer (seen: "An HTTP request took too long to complete")
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600} DOCKER_CLIENT_TIMEOUT=${DOCKER_CLIENT_TIMEOUT:-600}
+
 declare -a STEPS=()
 T_ALL=$(date +%s.%N)
 T_STEP=$T_ALL
@@ -57,6 +61,20 @@ if command -v docker-compose >/dev/null 2>&1; then DC=(docker-compose)
 elif docker compose version >/dev/null 2>&1; then DC=(docker compose)
 else DC=(); fi
 compose() { "${DC[@]}" -p "$PROJECT" -f deploy/docker-compose.yml "$@"; }
+leftovers() {
+  echo "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")$(docker volume ls -q \
+    --filter "label=com.docker.compose.project=$PROJECT")"
+}
+teardown() {  # down, retried; then wait until the engine has really removed everything
+  # (compose v1 may return while vfs is still deleting "marked for removal" containers)
+  for _ in 1 2 3; do
+    compose down -v --remove-orphans >"$WORK/down.log" 2>&1 && break
+    sleep 2
+  done
+  for _ in $(seq 300); do [ -z "$(leftovers)" ] && return 0; sleep 1; done
+  cat "$WORK/down.log" >&2
+  return 1
+}
 
 SERVER_PID=""
 cleanup() {
@@ -67,7 +85,7 @@ cleanup() {
       log "logs of the failed run (last lines per service):"
       compose logs --no-color --tail 30 2>&1 | tail -200 >&2 || true
     fi
-    compose down -v --remove-orphans >/dev/null 2>&1 || true
+    teardown || log "could not remove everything: $(leftovers)"
   fi
   rm -rf "$WORK"
   exit $rc
@@ -161,7 +179,7 @@ log "image $IMAGE: $((SIZE / 1000000)) MB"
 
 # ---------------------------------------------------------------------- 4. up
 step up
-compose down -v --remove-orphans >/dev/null 2>&1 || true
+teardown || die "a previous run's containers or volumes could not be removed: $(leftovers)"
 # `up` waits for each dependency's condition (certs completed, parties healthy)
 compose up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "compose up"; }
 cid() { compose ps -q "$1"; }
@@ -221,15 +239,8 @@ log "server A rebuilt the MPC session $REBUILDS time(s)"
 
 # -------------------------------------------------------------------- 7. down
 step down
-# compose v1 sometimes reports a container already gone ("No such container") while
-# removing: retry, then judge by what is left, not by the exit status
-for _ in 1 2 3; do
-  compose down -v --remove-orphans >"$WORK/down.log" 2>&1 && break
-  sleep 2
-done
-LEFT="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")$(docker volume ls -q \
-  --filter "label=com.docker.compose.project=$PROJECT")"
-[ -z "$LEFT" ] || { cat "$WORK/down.log" >&2; die "left behind after down: $LEFT"; }
+# judged by what is left, not by compose's exit status ("No such container" races)
+teardown || die "left behind after down: $(leftovers)"
 step end
 echo "compose-e2e: PASSED in $(awk -v a="$T_ALL" -v b="$(date +%s.%N)" 'BEGIN{printf "%.0f", b-a}') s; image $IMAGE $((SIZE / 1000000)) MB (base $BASE)"
 for s in "${STEPS[@]}"; do echo "  step $s s"; done
