@@ -386,10 +386,9 @@ def test_documented_refusals_and_acceptances(target: Target) -> None:
             _code(lambda: a.GetRoundStatus(pb.RoundRef(round_id="nope"), metadata=md, timeout=20)),
             grpc.StatusCode.NOT_FOUND,
         ),
-        # SHARE_ENCODING §11: no worker is a participant before they are fixed
-        "aggregate of an open round": (
+        "aggregate of an open round": (  # SHARE_ENCODING §11: the state is checked first
             _code(lambda: a.GetAggregate(pb.RoundRef(round_id=rid), metadata=md, timeout=20)),
-            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.FAILED_PRECONDITION,
         ),
         "bad protobuf": (
             _code(
