@@ -13,7 +13,13 @@ from typing import TypeVar
 
 import grpc
 
-from clients.sdk import SecAggClientError, client_error_from_rpc
+from clients.sdk import (
+    Aggregate,
+    SecAggClientError,
+    client_error_from_rpc,
+    fetch_aggregate_from,
+    wait_for_result,
+)
 from secagg.rounds import RoundConfig, RoundState
 from secagg.transport import SERVER_A_NAME, TlsConfig, make_channel
 from secagg.v1 import secagg_pb2, secagg_pb2_grpc
@@ -70,6 +76,9 @@ class AdminClient:
         pinned = server_name or (SERVER_A_NAME if tls is not None else None)
         self._channel = make_channel(server_a, tls, server_name=pinned)
         self._stub = secagg_pb2_grpc.AdminStub(self._channel)
+        # the operator reads rounds through the Worker service on the same (control)
+        # port: its identity there is the admin certificate (or token without TLS)
+        self._worker = secagg_pb2_grpc.WorkerStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -131,6 +140,38 @@ class AdminClient:
                 "ListRounds",
                 lambda: self._stub.ListRounds(req, timeout=self.timeout_s, metadata=self._md),
             ).rounds
+        )
+
+    def status(self, round_id: str) -> secagg_pb2.RoundStatus:
+        """The round's full status as the operator sees it (exclusion reasons, pick
+        order and timings included; workers see less, SECURITY.md)."""
+        ref = secagg_pb2.RoundRef(round_id=round_id)
+        return self._call(
+            "GetRoundStatus",
+            lambda: self._worker.GetRoundStatus(ref, timeout=self.timeout_s, metadata=self._md),
+        )
+
+    def fetch_aggregate(self, round_id: str) -> Aggregate:
+        """The finished round's aggregate, read as the operator (its ``selected`` in the
+        rule's pick order)."""
+        ref = secagg_pb2.RoundRef(round_id=round_id)
+        return self._call(
+            "GetAggregate",
+            lambda: fetch_aggregate_from(
+                self._worker.GetAggregate(ref, timeout=self.timeout_s, metadata=self._md)
+            ),
+        )
+
+    def wait_for_result(self, round_id: str, timeout_s: float, poll_s: float = 0.2) -> Aggregate:
+        """Poll the round until it is DONE, then fetch its aggregate (as the operator).
+
+        Raises
+        ------
+        SecAggClientError
+            If the round fails (with its reason) or is not done within ``timeout_s``.
+        """
+        return wait_for_result(
+            round_id, timeout_s, poll_s, lambda: self.status(round_id), self.fetch_aggregate
         )
 
     def get_round_report(self, round_id: str) -> secagg_pb2.RoundReport:

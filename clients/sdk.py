@@ -526,25 +526,13 @@ class SecAggClient:
     def fetch_aggregate(self, round_id: str) -> Aggregate:
         """Stream the finished round's aggregate from server A (round must be DONE)."""
         req = secagg_pb2.RoundRef(round_id=round_id)
-
-        def fetch() -> Aggregate:
-            stream = self._a.GetAggregate(req, timeout=self.timeout_s, metadata=self._metadata)
-            try:
-                header, vector = read_aggregate_stream(stream)
-            except ProtocolError as exc:
-                raise SecAggClientError(
-                    f"server-a GetAggregate: {exc.message}", code=exc.code, server="server-a"
-                ) from None
-            return Aggregate(
-                round_id=header.round_id,
-                vector=vector,
-                selected=tuple(header.selected),
-                divisor=header.divisor,
-                scale=header.scale,
-                rule=secagg_pb2.Rule.Name(header.rule),
-            )
-
-        return self._call("server-a", "GetAggregate", fetch)
+        return self._call(
+            "server-a",
+            "GetAggregate",
+            lambda: fetch_aggregate_from(
+                self._a.GetAggregate(req, timeout=self.timeout_s, metadata=self._metadata)
+            ),
+        )
 
     def wait_for_result(self, round_id: str, timeout_s: float, poll_s: float = 0.2) -> Aggregate:
         """Poll server A until the round is DONE, then fetch the aggregate.
@@ -554,40 +542,79 @@ class SecAggClient:
         SecAggClientError
             If the round fails (with its reason) or is not done within ``timeout_s``.
         """
-        deadline = time.monotonic() + timeout_s
-        state = RoundState.OPEN
-        while True:
-            try:
-                st = self.status(round_id)
-            except SecAggClientError as exc:
-                # a server restarting while we wait is not the round's failure
-                if exc.code not in RETRYABLE or time.monotonic() >= deadline:
-                    raise
-            else:
-                state = RoundState.from_proto(st.state)
-                if state is RoundState.DONE:
-                    return self.fetch_aggregate(round_id)
-                if state is RoundState.FAILED:
-                    raise SecAggClientError(
-                        f"round {round_id!r} failed: {st.failure_reason}; submit to the next round",
-                        code=grpc.StatusCode.ABORTED,
-                        server="server-a",
-                        details=st.failure_reason,
-                    )
-            if time.monotonic() >= deadline:
-                raise SecAggClientError(
-                    f"round {round_id!r} is still {state.value} after {timeout_s:g} s: wait "
-                    "longer, or ask the operator whether enough workers submitted",
-                    code=grpc.StatusCode.DEADLINE_EXCEEDED,
-                    server="server-a",
-                )
-            time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+        return wait_for_result(
+            round_id, timeout_s, poll_s, lambda: self.status(round_id), self.fetch_aggregate
+        )
 
     def wait_for_aggregate(
         self, round_id: str, timeout_s: float, poll_s: float = 0.2
     ) -> np.ndarray:
         """Like :meth:`wait_for_result`, returning only the float64 aggregate vector."""
         return self.wait_for_result(round_id, timeout_s, poll_s).vector
+
+
+def fetch_aggregate_from(stream: Any) -> Aggregate:
+    """An :class:`Aggregate` from a ``Worker.GetAggregate`` response stream (header,
+    chunks and digest checked by :func:`secagg.transport.read_aggregate_stream`)."""
+    try:
+        header, vector = read_aggregate_stream(stream)
+    except ProtocolError as exc:
+        raise SecAggClientError(
+            f"server-a GetAggregate: {exc.message}", code=exc.code, server="server-a"
+        ) from None
+    return Aggregate(
+        round_id=header.round_id,
+        vector=vector,
+        selected=tuple(header.selected),
+        divisor=header.divisor,
+        scale=header.scale,
+        rule=secagg_pb2.Rule.Name(header.rule),
+    )
+
+
+def wait_for_result(
+    round_id: str,
+    timeout_s: float,
+    poll_s: float,
+    status: Callable[[], Any],
+    fetch: Callable[[str], Aggregate],
+) -> Aggregate:
+    """Poll ``status()`` until the round is DONE, then ``fetch(round_id)``: the one
+    polling loop of the worker SDK and the operator's client.
+
+    Raises
+    ------
+    SecAggClientError
+        If the round fails (with its reason) or is not done within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    state = RoundState.OPEN
+    while True:
+        try:
+            st = status()
+        except SecAggClientError as exc:
+            # a server restarting while we wait is not the round's failure
+            if exc.code not in RETRYABLE or time.monotonic() >= deadline:
+                raise
+        else:
+            state = RoundState.from_proto(st.state)
+            if state is RoundState.DONE:
+                return fetch(round_id)
+            if state is RoundState.FAILED:
+                raise SecAggClientError(
+                    f"round {round_id!r} failed: {st.failure_reason}; submit to the next round",
+                    code=grpc.StatusCode.ABORTED,
+                    server="server-a",
+                    details=st.failure_reason,
+                )
+        if time.monotonic() >= deadline:
+            raise SecAggClientError(
+                f"round {round_id!r} is still {state.value} after {timeout_s:g} s: wait "
+                "longer, or ask the operator whether enough workers submitted",
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                server="server-a",
+            )
+        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
 
 
 # -------------------------------------------------------------------- torch helpers

@@ -39,7 +39,6 @@ APP = Path(__file__).resolve().parent / "flower_app"
 N, ROUNDS, F, RULE, CLIP = 5, 3, 1, "multi-krum", 50.0
 WORKERS = [f"w{i:02d}" for i in range(N)]
 BYZANTINE = "w04"
-READER = "flower-server"
 
 
 def _secret_file(path: Path, text: str) -> Path:
@@ -52,7 +51,7 @@ def _secret_file(path: Path, text: str) -> Path:
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("flower")
-    dep = LocalDeployment(work / "secagg", [*WORKERS, READER], tls=True)
+    dep = LocalDeployment(work / "secagg", WORKERS, tls=True)
     dep.start()
     try:
         secrets_dir = work / "secrets"
@@ -66,7 +65,6 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
             for i, wid in enumerate(WORKERS)
         ]
-        reader_token = _secret_file(secrets_dir / READER, dep.tokens[READER])
         record = work / "record"
         record.mkdir()
         run_config = {
@@ -77,7 +75,6 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "secagg-server-b": dep.addr_b,
             "secagg-admin": dep.control_a,
             "secagg-pki-dir": str(dep.pki),  # ca.pem, admin.pem, admin.key
-            "secagg-reader-token-file": str(reader_token),
             "secagg-rule": RULE,
             "secagg-f": F,
             "secagg-clip-norm": CLIP,

@@ -35,8 +35,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "SECAGG_WORKER_ID",
         "SECAGG_TOKEN",
         "SECAGG_TOKEN_FILE",
-        "SECAGG_READER_TOKEN",
-        "SECAGG_READER_TOKEN_FILE",
         "SECAGG_ADMIN_TOKEN",
         "SECAGG_ADMIN_TOKEN_FILE",
     ):
@@ -119,21 +117,24 @@ def test_server_settings(tmp_path: Path) -> None:
     run = {
         **RUN,
         "secagg-pki-dir": str(tmp_path),
-        "secagg-reader-token-file": _token_file(tmp_path, "reader", "reader-tok"),
         "secagg-rule": "bulyan",
         "secagg-f": 2,
         "secagg-clip-norm": 5.0,
     }
     s = ServerSettings.from_run_config(run)
     assert (s.admin_cert, s.admin_key) == (tmp_path / "admin.pem", tmp_path / "admin.key")
-    assert (s.rule, s.f, s.m, s.reader_token, s.admin_token) == ("bulyan", 2, 0, "reader-tok", None)
-    assert "reader-tok" not in repr(s)
+    assert (s.rule, s.f, s.m, s.admin_token) == ("bulyan", 2, 0, None)
     with pytest.raises(ConfigError, match="must be one of"):
         ServerSettings.from_run_config({**run, "secagg-rule": "median"})
     with pytest.raises(ConfigError, match="integer"):
         ServerSettings.from_run_config({**run, "secagg-f": 1.5})
-    with pytest.raises(ConfigError, match="reader token"):
-        ServerSettings.from_run_config({**run, "secagg-reader-token-file": ""})
+    # without TLS the operator is its token, read from a file, never logged
+    plain = {**RUN, "secagg-insecure": True,
+             "secagg-admin-token-file": _token_file(tmp_path, "admin", "admin-tok")}
+    assert ServerSettings.from_run_config(plain).admin_token == "admin-tok"
+    assert "admin-tok" not in repr(ServerSettings.from_run_config(plain))
+    with pytest.raises(ConfigError, match="admin token"):
+        ServerSettings.from_run_config({**plain, "secagg-admin-token-file": ""})
 
 
 def test_encoding_params_map_the_clip_norm_to_the_norm_bound() -> None:

@@ -48,7 +48,6 @@ CONFIGS: dict[str, tuple[Path, str, str, str]] = {
     "flower-secaggplus-krum": (HERE / "secaggplus", "secaggplus", "", "gaussian"),
     "flower-fedavg-no-attack": (HERE, "fedavg", "", "none"),
 }
-READER = "flower-server"
 
 
 def secret_file(path: Path, text: str) -> Path:
@@ -125,7 +124,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="flower-digits-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         print(f"[flower-digits] starting secagg (A, B, dealer) for {args.nodes} workers ...")
-        dep = LocalDeployment(work / "secagg", [*workers, READER], tls=True)
+        dep = LocalDeployment(work / "secagg", workers, tls=True)
         dep.start()
         try:
             secrets = work / "secrets"
@@ -139,7 +138,6 @@ def main() -> int:
                 }
                 for i, wid in enumerate(workers)
             ]
-            reader = secret_file(secrets / READER, dep.tokens[READER])
             record = work / "record"
             record.mkdir()
             print(f"[flower-digits] starting a SuperLink and {args.nodes} SuperNodes ...")
@@ -159,7 +157,6 @@ def main() -> int:
                         "secagg-server-b": dep.addr_b,
                         "secagg-admin": dep.control_a,
                         "secagg-pki-dir": str(dep.pki),
-                        "secagg-reader-token-file": str(reader),
                         "secagg-f": args.byzantine,
                         **({"secagg-rule": rule} if rule else {}),
                     }

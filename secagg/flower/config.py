@@ -26,13 +26,12 @@ Run config keys (all optional except the addresses):
 ``secagg-deadline-s``       how long a round collects submissions (default 600)
 ``secagg-timeout-s``        per-call timeout of the SDK (default 60)
 ``secagg-clip``             honest clients clip to the bounds first (default true)
-``secagg-reader-id``        the ServerApp's worker identity for reading aggregates
 ==========================  ======================================================
 
 Per SuperNode (node config or environment): ``secagg-worker-id`` (or
 ``SECAGG_WORKER_ID``) and ``secagg-token-file`` (or ``SECAGG_TOKEN_FILE``, or the token
-itself in ``SECAGG_TOKEN``). On the ServerApp's machine: ``secagg-reader-token-file``
-(or ``SECAGG_READER_TOKEN_FILE`` / ``SECAGG_READER_TOKEN``), and without TLS
+itself in ``SECAGG_TOKEN``). The ServerApp acts as the operator: it opens each round
+and reads its aggregate with the admin certificate, or without TLS the
 ``secagg-admin-token-file`` (or ``SECAGG_ADMIN_TOKEN_FILE`` / ``SECAGG_ADMIN_TOKEN``).
 """
 
@@ -62,7 +61,6 @@ NORM_BOUND_SCALED = 128.0
 DEFAULT_CLIP_NORM = 10.0
 DEFAULT_DEADLINE_S = 600.0
 DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_READER_ID = "flower-server"
 
 
 class ConfigError(ValueError):
@@ -254,8 +252,6 @@ class ServerSettings:
     admin_cert: Path | None
     admin_key: Path | None
     admin_token: str | None
-    reader_id: str
-    reader_token: str
     rule: str = "multi-krum"
     f: int = 0
     m: int = 0
@@ -266,7 +262,7 @@ class ServerSettings:
     def __repr__(self) -> str:  # tokens stay out of logs and tracebacks
         return (
             f"ServerSettings(admin={self.admin!r}, rule={self.rule!r}, f={self.f}, "
-            f"m={self.m}, clip_norm={self.clip_norm:g}, reader_id={self.reader_id!r})"
+            f"m={self.m}, clip_norm={self.clip_norm:g})"
         )
 
     @property
@@ -319,14 +315,6 @@ class ServerSettings:
                 )
                 if insecure
                 else None
-            ),
-            reader_id=_str(cfg, "secagg-reader-id", DEFAULT_READER_ID),
-            reader_token=_secret(
-                cfg,
-                "secagg-reader-token-file",
-                "SECAGG_READER_TOKEN_FILE",
-                "SECAGG_READER_TOKEN",
-                "reader token (the ServerApp's worker identity for fetching aggregates)",
             ),
             rule=rule,
             f=f,

@@ -130,16 +130,6 @@ class SecAggFedAvg(FedAvg):
         )
         return AdminClient(s.admin, tls, timeout_s=s.timeout_s, token=s.admin_token)
 
-    def _reader(self) -> Any:
-        from clients.sdk import SecAggClient
-        from secagg.transport import TlsConfig
-
-        s = self.settings
-        tls = TlsConfig(ca_cert=s.ca_cert) if s.ca_cert is not None else None
-        return SecAggClient(
-            s.server_a, s.server_b, s.reader_id, s.reader_token, tls=tls, timeout_s=s.timeout_s
-        )
-
     def _open_round(self, round_id: str, n: int, dim: int) -> None:
         from clients.sdk import SecAggClientError
         from secagg.rounds import RoundConfig
@@ -221,11 +211,13 @@ class SecAggFedAvg(FedAvg):
                 f"{round_id!r}); see the nodes' error replies above"
             )
         try:
-            with self._reader() as reader:
-                result = reader.wait_for_result(
+            # read as the operator (the ServerApp opened the round with the admin
+            # identity): only a round's participants and the operator read its aggregate
+            with self._admin() as admin:
+                result = admin.wait_for_result(
                     round_id, timeout_s=self.settings.deadline_s + self.settings.timeout_s
                 )
-                status = reader.status(round_id)
+                status = admin.status(round_id)
         except SecAggClientError as exc:
             raise AggregationError(f"secagg round {round_id!r} gave no aggregate: {exc}") from None
         try:
