@@ -74,8 +74,8 @@ def build(quiet: bool = True, src: Path = _SRC) -> Path:
     """
     # an object built before (e.g. in the image, whose compiler was removed after)
     for folder in _candidates():
-        if (folder / _tag()).exists():
-            return folder / _tag()
+        if (folder / _tag(src)).exists():
+            return folder / _tag(src)
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,18 @@ def test_a_kernel_built_before_loads_without_a_compiler(monkeypatch: pytest.Monk
     built = ringmath.build()
     monkeypatch.setattr(ringmath, "_compiler", lambda: None)
     assert ringmath.build() == built
+
+
+def test_each_kernel_source_builds_and_loads_its_own_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # build() once returned the ring kernel's object for any source already built, so a
+    # fresh checkout's comparison kernel silently fell back to numpy
+    if ringmath._compiler() is None:
+        pytest.skip("no C compiler here to build the kernels")
+    objs = {src.name: ringmath.build(src=src) for src in ringmath.NATIVE_SOURCES}
+    for name, obj in objs.items():
+        assert obj.name.startswith(Path(name).stem + "-"), (name, obj)
+    monkeypatch.setattr(ringmath, "_compiler", lambda: None)  # prebuilt: still its own
+    for src in ringmath.NATIVE_SOURCES:
+        assert ringmath.build(src=src) == objs[src.name]
