@@ -46,3 +46,23 @@ def test_selection_and_sum_match_rules(cluster: MpcCluster) -> None:
             assert pa == [rules.krum(d, f)]
         np.testing.assert_array_equal(sa, x[want].sum(axis=0))
         np.testing.assert_array_equal(sb, sa)
+
+
+def shares_then_select(session, x, f, m):  # noqa: ANN001, ANN201
+    d = session.sq_distances(x, keep_share=True)
+    return select_party(session, d, f, m, x)
+
+
+def test_from_kept_distance_shares(cluster: MpcCluster) -> None:
+    """End to end: each party keeps its share of D from sq_distances (nothing opened)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-(2**20), 2**20, (9, 16), dtype=np.int64)
+    x[4] = x[1]
+    f, m = 2, 4
+    x0, x1 = split(rng, x)
+    (pa, sa, _), (pb, sb, _) = cluster.run(shares_then_select, (x0, f, m), (x1, f, m))
+    xt = x.astype(object)  # exact D at the ring's scale
+    d = np.array([[int(sum((xt[i] - xt[j]) ** 2)) for j in range(9)] for i in range(9)])
+    want = rules.multi_krum(d.astype(np.int64), f, m)
+    assert pa == pb == want
+    np.testing.assert_array_equal(sa, x[want].sum(axis=0))
