@@ -798,7 +798,9 @@ class MpcSession:
             provider.gram_finish(plan)
             self._prepared = plan
 
-    def sq_distances(self, share: np.ndarray, *, reveal: bool = True) -> np.ndarray | None:
+    def sq_distances(
+        self, share: np.ndarray, *, reveal: bool = True, keep_share: bool = False
+    ) -> np.ndarray | None:
         """Pairwise squared distances of the n shared rows, revealed to server A only.
 
         One masked opening ``E = X - R`` (n×d, each server sends its share once). With
@@ -817,7 +819,8 @@ class MpcSession:
 
         This party's shares of the exact squared norms ``diag G`` are kept in
         ``self.sq_norms`` (secagg.dp's norm check); ``reveal=False`` opens nothing
-        (the mean rule needs only the norms).
+        (the mean rule needs only the norms); ``keep_share=True`` opens nothing and
+        returns this party's additive share of D (secagg.select2pc).
         """
         x = self._as_tensor(share)
         if x.dim() != 2:
@@ -839,6 +842,8 @@ class MpcSession:
             if not reveal:
                 return None
             dsh = diag.unsqueeze(0) + diag.unsqueeze(1) - (p + p.t()) - 2 * z
+            if keep_share:
+                return dsh.numpy()
             out = self._open_to_a(dsh)
             self._step("distances: D share, opened to A", t)
         return None if out is None else out.numpy()
