@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 
 from clients.sdk import SecAggClientError, client_error_from_rpc
-from secagg.rounds import RoundConfig, RoundState
+from secagg.contract import RoundConfig, RoundState
 from secagg.transport import SERVER_A_NAME, TlsConfig, make_channel
 from secagg.v1 import secagg_pb2, secagg_pb2_grpc
 
