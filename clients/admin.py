@@ -20,7 +20,7 @@ from clients.sdk import (
     fetch_aggregate_from,
     wait_for_result,
 )
-from secagg.rounds import RoundConfig, RoundState
+from secagg.contract import RoundConfig, RoundState
 from secagg.transport import SERVER_A_NAME, TlsConfig, make_channel
 from secagg.v1 import secagg_pb2, secagg_pb2_grpc
 

@@ -33,8 +33,8 @@ import grpc
 import numpy as np
 
 from secagg import encoding, sharing
+from secagg.contract import Receipt, RoundState, check_id, payload_digest
 from secagg.dp.mechanism import DpConfigError, clip_and_encode
-from secagg.rounds import Receipt, RoundState, check_id, payload_digest
 from secagg.transport import (
     SERVER_A_NAME,
     SERVER_B_NAME,

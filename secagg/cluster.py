@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import shutil
-import socket
 import tempfile
 import time
 import traceback
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from secagg.netutil import free_port as free_port
 
 if TYPE_CHECKING:
     from secagg.mpc import MpcEndpoint
@@ -32,29 +33,6 @@ _JOIN_GRACE_S = 5.0
 # spawning a party and importing torch + CrypTen precede its own (timed) join; on a
 # loaded machine that alone can take tens of seconds
 _STARTUP_S = 120.0
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1, below the kernel's ephemeral range.
-
-    Ports handed out for *listening* must not be ones the kernel may also pick as the
-    source port of an outgoing connection (32768-60999 by default): a peer that is not
-    listening yet could then be "reached" through a TCP self-connect. Racy by nature
-    (another process can bind it first), which callers retry.
-    """
-    import random
-
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # everything below the range is taken: let the kernel pick
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _error_text(exc: BaseException) -> str:

@@ -52,7 +52,7 @@ from typing import Protocol
 
 import numpy as np
 
-from secagg.rounds import (
+from secagg.contract import (
     PhaseStats,
     Receipt,
     RoundConfig,

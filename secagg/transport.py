@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import numpy as np
 
-from secagg.rounds import ID_PATTERN, RoundError
+from secagg.contract import ID_PATTERN, RoundError
 from secagg.v1 import secagg_pb2
 
 if TYPE_CHECKING:

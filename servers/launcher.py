@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from secagg import transport
-from secagg.cluster import free_port
+from secagg.netutil import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

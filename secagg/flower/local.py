@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secagg.cluster import free_port
+from secagg.netutil import free_port
 
 __all__ = ["FlowerError", "FlowerRun", "LocalFlower", "toml_value"]
 
