@@ -47,10 +47,13 @@ class EncodedSum(NamedTuple):
     divisor: int
 
 
-def check_majority(n: int, f: int, fn: str) -> None:
-    """Raise unless ``n >= 2f + 1`` (an honest majority)."""
-    if n < 2 * f + 1:
-        raise RuleError(f"{fn} needs n >= 2f+1, got n={n}, f={f}: add workers or lower f")
+def check_majority(n: int, f: object, fn: str) -> int:
+    """``f`` checked (:func:`check_f`), then ``n >= 2f + 1`` (an honest majority);
+    returns f as an int. The one guard every rule with that bound starts with."""
+    fi = check_f(f, fn)
+    if n < 2 * fi + 1:
+        raise RuleError(f"{fn} needs n >= 2f+1, got n={n}, f={fi}: add workers or lower f")
+    return fi
 
 
 def check_vectors(X: np.ndarray, fn: str) -> np.ndarray:

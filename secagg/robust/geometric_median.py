@@ -25,7 +25,6 @@ from secagg.reference import sq_distances
 from secagg.robust._common import (
     RuleError,
     check_distances,
-    check_f,
     check_int,
     check_majority,
     check_positive,
@@ -124,7 +123,7 @@ def geometric_median_weights(
     fn = "geometric-median"
     arr = check_distances(D, fn).astype(np.float64)
     n = arr.shape[0]
-    check_majority(n, check_f(f, fn), fn)
+    check_majority(n, f, fn)
     nu_f = check_positive(nu, "nu", fn)
     tol_f = check_positive(tol, "tol", fn)
     iters = check_int(max_iter, "max_iter", fn)

@@ -21,7 +21,6 @@ from secagg.robust._common import (
     RuleError,
     check_distances,
     check_encoded,
-    check_f,
     check_int,
     check_int_headroom,
     check_majority,
@@ -63,9 +62,8 @@ def mda_select(D: np.ndarray, f: int, *, max_subsets: int = MDA_MAX_SUBSETS) -> 
     """
     fn = "mda"
     arr = check_distances(D, fn)
-    fi = check_f(f, fn)
     n = arr.shape[0]
-    check_majority(n, fi, fn)
+    fi = check_majority(n, f, fn)
     limit = check_int(max_subsets, "max_subsets", fn)
     count = comb(n, fi)
     if count > limit:

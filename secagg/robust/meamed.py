@@ -12,7 +12,6 @@ import numpy as np
 from secagg.robust._common import (
     EncodedSum,
     check_encoded,
-    check_f,
     check_int_headroom,
     check_majority,
     check_vectors,
@@ -79,9 +78,8 @@ def meamed(X: np.ndarray, f: int) -> np.ndarray:
     """
     fn = "meamed"
     arr = check_vectors(X, fn)
-    fi = check_f(f, fn)
     n = arr.shape[0]
-    check_majority(n, fi, fn)
+    fi = check_majority(n, f, fn)
     return _window_sum(arr, n - fi) / (n - fi)
 
 
@@ -98,8 +96,7 @@ def meamed_encoded(Xint: np.ndarray, f: int) -> EncodedSum:
     """
     fn = "meamed"
     arr = check_encoded(Xint, fn)
-    fi = check_f(f, fn)
     n = arr.shape[0]
-    check_majority(n, fi, fn)
+    fi = check_majority(n, f, fn)
     check_int_headroom(arr, n, fn)
     return EncodedSum(_window_sum(arr, n - fi), n - fi)

@@ -12,7 +12,6 @@ import numpy as np
 from secagg.robust._common import (
     EncodedSum,
     check_encoded,
-    check_f,
     check_majority,
     check_vectors,
 )
@@ -61,7 +60,7 @@ def median(X: np.ndarray, f: int = 0) -> np.ndarray:
     """
     fn = "median"
     arr = check_vectors(X, fn)
-    check_majority(arr.shape[0], check_f(f, fn), fn)
+    check_majority(arr.shape[0], f, fn)
     return _lower_median(arr)
 
 
@@ -78,5 +77,5 @@ def median_encoded(Xint: np.ndarray, f: int = 0) -> EncodedSum:
     """
     fn = "median"
     arr = check_encoded(Xint, fn)
-    check_majority(arr.shape[0], check_f(f, fn), fn)
+    check_majority(arr.shape[0], f, fn)
     return EncodedSum(_lower_median(arr), 1)

@@ -23,7 +23,6 @@ from secagg.robust._common import (
     RuleError,
     check_distances,
     check_encoded,
-    check_f,
     check_int_headroom,
     check_majority,
     check_vectors,
@@ -54,9 +53,8 @@ def nnm_neighbours(D: np.ndarray, f: int) -> np.ndarray:
     """
     fn = "nnm"
     arr = check_distances(D, fn)
-    fi = check_f(f, fn)
     n = arr.shape[0]
-    check_majority(n, fi, fn)
+    fi = check_majority(n, f, fn)
     k = n - fi
     out = np.empty((n, k), dtype=np.int64)
     for i in range(n):

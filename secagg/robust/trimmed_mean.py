@@ -12,7 +12,6 @@ import numpy as np
 from secagg.robust._common import (
     EncodedSum,
     check_encoded,
-    check_f,
     check_int_headroom,
     check_majority,
     check_vectors,
@@ -52,9 +51,8 @@ def trimmed_mean(X: np.ndarray, f: int) -> np.ndarray:
     """
     fn = "trimmed-mean"
     arr = check_vectors(X, fn)
-    fi = check_f(f, fn)
     n = arr.shape[0]
-    check_majority(n, fi, fn)
+    fi = check_majority(n, f, fn)
     return _trimmed_sum(arr, fi) / (n - 2 * fi)
 
 
@@ -68,8 +66,7 @@ def trimmed_mean_encoded(Xint: np.ndarray, f: int) -> EncodedSum:
     """
     fn = "trimmed-mean"
     arr = check_encoded(Xint, fn)
-    fi = check_f(f, fn)
     n = arr.shape[0]
-    check_majority(n, fi, fn)
+    fi = check_majority(n, f, fn)
     check_int_headroom(arr, n - 2 * fi, fn)
     return EncodedSum(_trimmed_sum(arr, fi), n - 2 * fi)
